@@ -1,0 +1,1 @@
+"""continuations: sessions that survive network changes and suspend/resume."""

@@ -1,0 +1,51 @@
+"""Tunable limits and timeouts of a session, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from continuations.errors import ConfigError
+from continuations.protocol.wire import MAX_PLAINTEXT, MAX_STREAMS_LISTED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionConfig:
+    """Every bound the core enforces. Times in seconds, sizes in bytes.
+
+    Dead-path detection: a link on which nothing authenticated has arrived for
+    ``clamp(keepalive_interval + 3 * RTO, min_dead_timeout, dead_timeout)`` is
+    declared dead. Both sides send a PING after ``keepalive_interval`` without
+    sending, and answer each PING at once, so on a healthy path something arrives
+    at least every ``keepalive_interval + RTT``.
+    """
+
+    keepalive_interval: float = 0.25
+    dead_timeout: float = 2.0
+    min_dead_timeout: float = 1.0
+    handshake_timeout: float = 10.0
+    linger: float = 86400.0
+    stream_window: int = 4 * 1024 * 1024
+    replay_buffer: int = 16 * 1024 * 1024
+    max_streams: int = 1024
+    max_record_plaintext: int = MAX_PLAINTEXT
+    ack_delay: float = 0.005
+    max_pending_handshakes: int = 1024
+
+    def __post_init__(self) -> None:
+        if not 0 < self.keepalive_interval < self.dead_timeout:
+            raise ConfigError("keepalive_interval must be positive and below dead_timeout")
+        if not 0 < self.min_dead_timeout <= self.dead_timeout:
+            raise ConfigError("min_dead_timeout must be positive and at most dead_timeout")
+        if self.handshake_timeout <= 0 or self.linger <= 0 or self.ack_delay < 0:
+            raise ConfigError("handshake_timeout and linger must be positive, ack_delay >= 0")
+        if self.stream_window < 1024 or self.replay_buffer < 1024:
+            raise ConfigError("stream_window and replay_buffer must be at least 1 KiB")
+        if not 1 <= self.max_streams <= MAX_STREAMS_LISTED:
+            raise ConfigError(f"max_streams must be in 1..{MAX_STREAMS_LISTED}")
+        if not 256 <= self.max_record_plaintext <= MAX_PLAINTEXT:
+            raise ConfigError(f"max_record_plaintext must be in 256..{MAX_PLAINTEXT}")
+        if self.max_pending_handshakes < 1:
+            raise ConfigError("max_pending_handshakes must be at least 1")
+
+    def dead_after(self, rto: float) -> float:
+        return min(self.dead_timeout, max(self.min_dead_timeout, self.keepalive_interval + 3 * rto))

@@ -1,0 +1,130 @@
+"""The two halves of a reliable byte stream: the replay buffer and the receiver.
+
+Offsets are 64-bit byte positions in the stream. As in TCP, the end of stream
+(FIN) takes one position of its own, just after the last byte, so a single
+"received" number says both how many bytes arrived and whether the end did.
+"""
+
+from __future__ import annotations
+
+from continuations.errors import FrameError, StreamStateError
+
+
+class SendStream:
+    """Every byte not yet acknowledged, and where sending on the current link stands."""
+
+    __slots__ = ("_base", "_buf", "acked", "fin", "limit", "next")
+
+    def __init__(self, initial_limit: int) -> None:
+        self._buf = bytearray()  # data bytes from position `_base` up to the write position
+        self._base = 0  # = min(acked, written): the FIN's position holds no byte
+        self.acked = 0  # the peer has received everything below this position
+        self.next = 0  # next position to send on the current link
+        self.limit = initial_limit  # the peer's flow-control limit (data positions)
+        self.fin = False  # end of stream was written
+
+    @property
+    def written(self) -> int:
+        return self._base + len(self._buf)
+
+    @property
+    def end(self) -> int:
+        """One past the last position that must be acknowledged."""
+        return self.written + (1 if self.fin else 0)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def write(self, data: bytes, fin: bool) -> None:
+        if self.fin:
+            raise StreamStateError("stream already ended; cannot write")
+        self._buf += data
+        self.fin = fin
+
+    def done(self) -> bool:
+        return self.fin and self.acked == self.end
+
+    def has_pending(self) -> bool:
+        if self.next < self.written:
+            return self.next < self.limit
+        return self.fin and self.next == self.written
+
+    def take(self, max_len: int) -> tuple[int, bytes, bool]:
+        """Next chunk to send: (offset, data, fin). Call only when has_pending()."""
+        start = self.next
+        stop = min(self.written, self.limit, start + max_len)
+        base = self._base
+        data = bytes(self._buf[start - base : stop - base]) if stop > start else b""
+        fin = self.fin and stop == self.written
+        self.next = stop + (1 if fin else 0)
+        return start, data, fin
+
+    def on_ack(self, received: int, limit: int) -> None:
+        """The peer has everything below `received` and accepts data below `limit`."""
+        if received > self.end:
+            raise FrameError("peer acknowledged data that was never sent")
+        if received > self.acked:
+            new_base = min(received, self.written)
+            del self._buf[: new_base - self._base]
+            self._base = new_base
+            self.acked = received
+            self.next = max(self.next, received)
+        self.limit = max(self.limit, limit)
+
+    def rewind(self, received: int) -> None:
+        """A new attachment starts; the peer stated it has everything below `received`."""
+        if received < self.acked:
+            raise FrameError(
+                f"peer states {received} received, below {self.acked} it acknowledged before"
+            )
+        self.on_ack(received, self.limit)
+        self.next = received
+
+
+class RecvStream:
+    """Accepts data only at exactly the next expected position."""
+
+    __slots__ = ("consumed", "final", "limit_sent", "received", "window")
+
+    def __init__(self, window: int, initial_limit: int) -> None:
+        self.received = 0  # positions received in order, the FIN included
+        self.final: int | None = None  # data length, once the FIN arrived
+        self.consumed = 0  # bytes the application has taken
+        self.window = window
+        self.limit_sent = initial_limit
+
+    def on_frame(self, offset: int, data: bytes, fin: bool) -> tuple[bytes, bool]:
+        """Return the new bytes to deliver and whether the end arrived just now.
+
+        Overlap with what was received is trimmed and a duplicate ignored; a gap
+        cannot happen on an ordered link whose sender rewound to our stated
+        position, so a gap is a protocol error.
+        """
+        end = offset + len(data)
+        if end > self.limit_sent:
+            raise FrameError("peer sent beyond the flow-control limit")
+        if self.final is not None:
+            if end > self.final or (fin and end != self.final):
+                raise FrameError("peer sent data past the end of the stream")
+            return b"", False
+        if offset > self.received:
+            raise FrameError(f"gap in stream: expected position {self.received}, got {offset}")
+        fresh = data[self.received - offset :] if end > self.received else b""
+        self.received = max(self.received, end)
+        if fin:
+            self.final = end
+            self.received = end + 1
+        return fresh, fin
+
+    def consume(self, n: int) -> None:
+        self.consumed += n
+
+    def wants_limit_update(self) -> bool:
+        return self.final is None and self.consumed + self.window - self.limit_sent >= (
+            self.window // 4
+        )
+
+    def new_limit(self) -> int:
+        self.limit_sent = max(self.limit_sent, self.consumed + self.window)
+        return self.limit_sent
