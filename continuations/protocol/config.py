@@ -28,16 +28,19 @@ class SessionConfig:
     replay_buffer: int = 16 * 1024 * 1024
     max_streams: int = 1024
     max_record_plaintext: int = MAX_PLAINTEXT
-    ack_delay: float = 0.005
     max_pending_handshakes: int = 1024
+    reconnect_initial_delay: float = 0.05
+    reconnect_max_delay: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0 < self.keepalive_interval < self.dead_timeout:
             raise ConfigError("keepalive_interval must be positive and below dead_timeout")
         if not 0 < self.min_dead_timeout <= self.dead_timeout:
             raise ConfigError("min_dead_timeout must be positive and at most dead_timeout")
-        if self.handshake_timeout <= 0 or self.linger <= 0 or self.ack_delay < 0:
-            raise ConfigError("handshake_timeout and linger must be positive, ack_delay >= 0")
+        if self.handshake_timeout <= 0 or self.linger <= 0:
+            raise ConfigError("handshake_timeout and linger must be positive")
+        if not 0 < self.reconnect_initial_delay <= self.reconnect_max_delay:
+            raise ConfigError("need 0 < reconnect_initial_delay <= reconnect_max_delay")
         if self.stream_window < 1024 or self.replay_buffer < 1024:
             raise ConfigError("stream_window and replay_buffer must be at least 1 KiB")
         if not 1 <= self.max_streams <= MAX_STREAMS_LISTED:
@@ -46,6 +49,15 @@ class SessionConfig:
             raise ConfigError(f"max_record_plaintext must be in 256..{MAX_PLAINTEXT}")
         if self.max_pending_handshakes < 1:
             raise ConfigError("max_pending_handshakes must be at least 1")
+
+    def reconnect_delay(self, attempt: int, uniform: float) -> float:
+        """Capped exponential backoff with "equal jitter": half fixed, half random.
+
+        ``uniform`` is a random number in [0, 1) supplied by the caller.
+        """
+        growth = float(2 ** min(attempt, 30))
+        ceiling = min(self.reconnect_max_delay, self.reconnect_initial_delay * growth)
+        return ceiling / 2 + uniform * ceiling / 2
 
     def dead_after(self, rto: float) -> float:
         return min(self.dead_timeout, max(self.min_dead_timeout, self.keepalive_interval + 3 * rto))

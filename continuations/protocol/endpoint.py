@@ -424,6 +424,10 @@ class ServerEndpoint(_Endpoint):
         self.host_public = public_bytes(host_key)
         self.sessions: dict[bytes, Session] = {}
         self._unbound: dict[LinkId, Link] = {}  # links with no session yet: handshake limits
+        # Hellos answered but not yet confirmed, oldest first. If the link dies before the
+        # client's confirm arrives, the client already holds the keys and will re-attach;
+        # an authentic attach request then completes the session. Bounded in count and age.
+        self._embryos: dict[bytes, tuple[PendingNewSession, float]] = {}
 
     def new_link(self, now: float) -> LinkId:
         """A client connected; its first record says what it wants."""
@@ -481,35 +485,67 @@ class ServerEndpoint(_Endpoint):
 
     def _answer_hello(self, link: Link, hello: ClientHello, now: float) -> None:
         answer, secrets = handshake.answer_hello(hello, self._rng, self._host_key)
-        link.handshake = PendingNewSession(answer.session_id, secrets, answer.host_key)
+        pending = PendingNewSession(answer.session_id, secrets, answer.host_key)
+        link.handshake = pending
+        self._purge_embryos(now)
+        self._embryos[answer.session_id] = (pending, now)
         link.install(secrets.keys, client=False)
         self._queue(link, RecordType.SERVER_HELLO, answer.encode())
         link.answered_at = now
         link.move(LinkTrigger.ANSWER)
+
+    def _purge_embryos(self, now: float) -> None:
+        embryos = self._embryos
+        while embryos:
+            oldest, (_, born) = next(iter(embryos.items()))
+            if now - born < self.config.handshake_timeout and (
+                len(embryos) < self.config.max_pending_handshakes
+            ):
+                break
+            del embryos[oldest]
+
+    def _create_session(self, pending: PendingNewSession, link: Link, now: float) -> Session:
+        self._embryos.pop(pending.session_id, None)
+        session = self._new_session(Role.SERVER, now)
+        session.id = pending.session_id
+        session.resume_key = pending.secrets.resume_key
+        session.host_key = pending.host_key
+        self.sessions[session.id] = session
+        session.move(SessionTrigger.ESTABLISH)
+        self._emit(
+            SessionEstablished(session_id=session.id, link=link.id, host_key=self.host_public)
+        )
+        return session
 
     def _confirm_new_session(self, link: Link, header: bytes, body: bytes, now: float) -> None:
         pending = link.handshake
         assert isinstance(pending, PendingNewSession) and link.opener is not None
         plaintext = link.opener.open(header, body)  # raises unless the client holds the keys
         self._bind(link)
-        session = self._new_session(Role.SERVER, now)
-        session.id = pending.session_id
-        session.resume_key = pending.secrets.resume_key
-        session.host_key = pending.host_key
-        self.sessions[session.id] = session
-        link.session_id = session.id
+        link.session_id = pending.session_id
         link.handshake = None
         link.last_received = now
         link.move(LinkTrigger.CONFIRMED)
+        session = self._create_session(pending, link, now)
         session.active = link
         session.rtt.update(now - link.answered_at)
-        session.move(SessionTrigger.ESTABLISH)
-        self._emit(SessionEstablished(session_id=session.id, link=link.id,
-                                      host_key=self.host_public))
         session.on_plaintext(link, plaintext, now)
 
+    def _hatch(self, request: AttachRequest, link: Link, now: float) -> Session | None:
+        """An authentic re-attach of a session whose confirm never arrived completes it."""
+        self._purge_embryos(now)
+        entry = self._embryos.get(request.session_id)
+        if entry is None or not handshake.request_is_authentic(
+            request, entry[0].secrets.resume_key
+        ):
+            return None
+        session = self._create_session(entry[0], link, now)
+        session.move(SessionTrigger.PATH_LOST)  # established, but with no link yet
+        session.disconnected_since = now
+        return session
+
     def _answer_attach(self, link: Link, request: AttachRequest, now: float) -> None:
-        session = self.sessions.get(request.session_id)
+        session = self.sessions.get(request.session_id) or self._hatch(request, link, now)
         if session is None or session.finished:
             self._reject(link, RejectCode.UNKNOWN_SESSION)
             return

@@ -1,0 +1,199 @@
+"""What client and server sessions share: streams, lifecycle listeners, closing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+
+from continuations.aio.driver import Address, Driver
+from continuations.aio.stream import SessionStream
+from continuations.errors import SessionClosedError, SessionError, SessionLostError
+from continuations.protocol import (
+    Disconnected,
+    Event,
+    Reattached,
+    Session,
+    SessionClosed,
+    SessionLost,
+    SessionState,
+    StreamDataReceived,
+    StreamOpened,
+)
+
+Listener = Callable[[Event], None]
+
+
+class AsyncSession:
+    def __init__(self, core: Session, driver: Driver) -> None:
+        self._core = core
+        self._driver = driver
+        self._loop = driver.loop
+        self._streams: dict[int, SessionStream] = {}
+        self._incoming: asyncio.Queue[SessionStream] = asyncio.Queue()
+        self._listeners: list[Listener] = []
+        self._starved: dict[SessionStream, None] = {}
+        self._closed = self._loop.create_future()
+        self._error: SessionError | None = None
+
+    # --- identity and state ---------------------------------------------------------------
+
+    @property
+    def id(self) -> bytes:
+        return self._core.id
+
+    @property
+    def id_hex(self) -> str:
+        return self._core.id.hex()
+
+    @property
+    def state(self) -> SessionState:
+        return self._core.state
+
+    @property
+    def finished(self) -> bool:
+        return self._core.finished
+
+    @property
+    def rtt(self) -> float | None:
+        return self._core.rtt.srtt
+
+    @property
+    def attach_version(self) -> int:
+        return self._core.attach_version
+
+    @property
+    def path(self) -> tuple[Address | None, Address | None]:
+        """(local, remote) address of the current attachment, or (None, None)."""
+        active = self._core.active
+        return self._driver.path(active.id if active is not None else None)
+
+    @property
+    def buffered(self) -> int:
+        return self._core.buffered
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` for Disconnected, Reattached, SessionClosed, SessionLost."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    # --- streams --------------------------------------------------------------------------
+
+    def open_stream(self) -> SessionStream:
+        self._raise_if_failed()
+        stream_id = self._core.open_stream()
+        stream = SessionStream(self, stream_id)
+        self._streams[stream_id] = stream
+        self._driver.kick()
+        return stream
+
+    async def accept_stream(self) -> SessionStream:
+        """The next stream the peer opened."""
+        if self._incoming.empty():
+            self._raise_if_failed()
+            getter = asyncio.ensure_future(self._incoming.get())
+            done, _ = await asyncio.wait(
+                {getter, self._closed}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter not in done:
+                getter.cancel()
+                self._raise_if_failed()
+            return getter.result()
+        return self._incoming.get_nowait()
+
+    def _consumed(self, stream_id: int, n: int) -> None:
+        self._core.stream_consumed(stream_id, n)
+        self._driver.kick()
+
+    def _waiting_for_room(self, stream: SessionStream) -> None:
+        self._starved[stream] = None
+        self._driver.starved[self] = None
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, StreamDataReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._feed(event.data, event.end_stream)
+        elif isinstance(event, StreamOpened):
+            stream = SessionStream(self, event.stream_id)
+            self._streams[event.stream_id] = stream
+            self._incoming.put_nowait(stream)
+        elif isinstance(event, SessionClosed | SessionLost):
+            self._finish(event)
+        if isinstance(event, Disconnected | Reattached | SessionClosed | SessionLost):
+            for listener in list(self._listeners):
+                listener(event)
+
+    def refill(self) -> None:
+        """Room may have appeared in the replay buffer: move waiting writes in."""
+        if self._core.send_capacity > 0 or self.finished:
+            self._driver.starved.pop(self, None)
+            starved = list(self._starved)
+            self._starved.clear()
+            for stream in starved:
+                if self.finished:
+                    stream._fail()
+                else:
+                    stream._push()
+
+    def _finish(self, event: SessionClosed | SessionLost) -> None:
+        if isinstance(event, SessionLost):
+            self._error = SessionLostError(f"session lost: {event.reason}")
+        else:
+            who = "peer" if event.by_peer else "this side"
+            self._error = SessionClosedError(f"session closed by {who}: {event.reason or 'ok'}")
+        for stream in self._streams.values():
+            stream._fail()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _raise_if_failed(self, allow_closed: bool = False) -> None:
+        if self._error is not None:
+            if allow_closed and isinstance(self._error, SessionClosedError):
+                return
+            raise self._error
+
+    # --- closing --------------------------------------------------------------------------
+
+    async def close(self, reason: str = "", timeout: float = 10.0) -> None:
+        """Wait (up to ``timeout``) until the peer has every byte written, then close."""
+        if self.finished:
+            return
+        deadline = self._loop.time() + timeout
+        while self._core.buffered or self._starved:
+            if self.finished or self._loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        if not self.finished:
+            self._core.close(reason=reason)
+            self._driver.pump()
+        await self.wait_closed(timeout=max(0.1, deadline - self._loop.time()))
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Close at once; bytes not yet acknowledged are dropped."""
+        if not self.finished:
+            self._core.close(reason=reason)
+            self._driver.pump()
+
+    async def wait_closed(self, timeout: float | None = None) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+        except TimeoutError:
+            if not self.finished:
+                self._core.lose("close timed out")
+                self._driver.pump()
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

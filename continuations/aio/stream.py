@@ -1,0 +1,178 @@
+"""A session stream with the shape of asyncio's StreamReader and StreamWriter.
+
+Writes go into the session's replay buffer; what does not fit waits here and
+``drain()`` blocks until it is in, so a writer that awaits ``drain()`` holds at
+most one write beyond the replay buffer's cap. Reads hand flow-control credit
+back to the peer as the application consumes data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from continuations.errors import StreamStateError
+
+if TYPE_CHECKING:
+    from continuations.aio.session import AsyncSession
+
+
+class SessionStream:
+    def __init__(self, session: AsyncSession, stream_id: int) -> None:
+        self._session = session
+        self.stream_id = stream_id
+        self._buffer = bytearray()
+        self._eof = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._pending: deque[bytes] = deque()
+        self._pending_eof = False
+        self._eof_written = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _feed(self, data: bytes, end: bool) -> None:
+        self._buffer += data
+        if end:
+            self._eof = True
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait_for_data(self) -> None:
+        self._session._raise_if_failed()
+        self._read_waiter = self._session._loop.create_future()
+        try:
+            await self._read_waiter
+        finally:
+            self._read_waiter = None
+        self._session._raise_if_failed(allow_closed=True)
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        if data:
+            self._session._consumed(self.stream_id, len(data))
+        return data
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all until end of stream if ``n`` < 0); b"" at end of stream."""
+        if n == 0:
+            return b""
+        if n < 0:
+            while not self._eof:
+                await self._wait_for_data()
+            return self._take(len(self._buffer))
+        while not self._buffer and not self._eof:
+            await self._wait_for_data()
+        return self._take(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            if self._eof:
+                partial = self._take(len(self._buffer))
+                raise asyncio.IncompleteReadError(partial, n)
+            await self._wait_for_data()
+        return self._take(n)
+
+    async def readline(self) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                return self._take(end + 1)
+            if self._eof:
+                return self._take(len(self._buffer))
+            await self._wait_for_data()
+
+    def at_eof(self) -> bool:
+        return self._eof and not self._buffer
+
+    # --- writing --------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._pending_eof or self._eof_written:
+            raise StreamStateError("write after write_eof()")
+        self._session._raise_if_failed()
+        if data:
+            self._pending.append(bytes(data))
+            self._push()
+
+    def writelines(self, lines: list[bytes]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def write_eof(self) -> None:
+        if self._pending_eof or self._eof_written:
+            return
+        self._session._raise_if_failed()
+        self._pending_eof = True
+        self._push()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def _push(self) -> None:
+        """Move what fits into the replay buffer; called again whenever room appears."""
+        core = self._session._core
+        while self._pending:
+            chunk = self._pending[0]
+            taken = core.send(self.stream_id, chunk)
+            if taken < len(chunk):
+                self._pending[0] = chunk[taken:]
+                self._session._waiting_for_room(self)
+                break
+            self._pending.popleft()
+        if not self._pending and self._pending_eof and not self._eof_written:
+            core.send(self.stream_id, b"", end_stream=True)
+            self._eof_written = True
+        self._session._driver.kick()
+        if not self._pending:
+            for waiter in self._drain_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._drain_waiters.clear()
+
+    async def drain(self) -> None:
+        """Wait until everything written is in the session's replay buffer."""
+        while self._pending:
+            self._session._raise_if_failed()
+            waiter = self._session._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+        self._session._raise_if_failed()
+
+    @property
+    def unacknowledged(self) -> int:
+        """Bytes written that the peer has not yet acknowledged."""
+        return self._session._core.unacknowledged(self.stream_id) + sum(map(len, self._pending))
+
+    def close(self) -> None:
+        self.write_eof()
+
+    async def wait_closed(self) -> None:
+        await self.drain()
+
+    def _fail(self) -> None:
+        self._wake_reader()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    async def __aenter__(self) -> SessionStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._session.finished:
+            self.close()
+            await self.drain()

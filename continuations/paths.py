@@ -1,0 +1,53 @@
+"""Where files live (XDG base directories) and how secret files are written."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+STATE_ENV = "CONTINUATIONS_STATE_DIR"
+RUNTIME_ENV = "CONTINUATIONS_RUNTIME_DIR"
+
+
+def state_dir() -> Path:
+    """``$CONTINUATIONS_STATE_DIR``, else ``$XDG_STATE_HOME/continuations``, else
+    ``~/.local/state/continuations``; created 0700."""
+    explicit = os.environ.get(STATE_ENV)
+    if explicit:
+        path = Path(explicit)
+    else:
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        path = Path(base) / "continuations"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def runtime_dir() -> Path:
+    """``$CONTINUATIONS_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/continuations``, else a
+    per-user directory under the system temp dir; created 0700."""
+    explicit = os.environ.get(RUNTIME_ENV)
+    if explicit:
+        path = Path(explicit)
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "continuations"
+    else:
+        path = Path(tempfile.gettempdir()) / f"continuations-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, readable by the owner only (0600)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
