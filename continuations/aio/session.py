@@ -56,7 +56,13 @@ class AsyncSession:
 
     @property
     def rtt(self) -> float | None:
+        """Smoothed round-trip time in seconds (RFC 6298), None before the first sample."""
         return self._core.rtt.srtt
+
+    @property
+    def host_key(self) -> bytes:
+        """The server's Ed25519 host key (raw public bytes)."""
+        return self._core.host_key
 
     @property
     def attach_version(self) -> int:

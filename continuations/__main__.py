@@ -1,0 +1,5 @@
+import sys
+
+from continuations.cli import main
+
+sys.exit(main())
