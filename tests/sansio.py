@@ -9,6 +9,7 @@ and advance time. Nothing here reads the real clock or the OS's randomness.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -31,10 +32,20 @@ class Wire:
     blackholed: bool = False
     closed: bool = False
     captured_to_server: bytearray = field(default_factory=bytearray)
+    # Additions for the protocol tests: what the server sent (a raw wire's client end
+    # otherwise drops it), and one-way holds (bytes queue up in that direction only).
+    captured_to_client: bytearray = field(default_factory=bytearray)
+    hold_to_server: bool = False
+    hold_to_client: bool = False
 
 
 class Net:
-    def __init__(self, seed: int = 0, config: SessionConfig | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        config: SessionConfig | None = None,
+        verify_host_key: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.rand = random.Random(seed)
         self.now = 1000.0
         self.config = config or SessionConfig()
@@ -44,7 +55,7 @@ class Net:
         )
         self.client = ClientEndpoint(
             config=self.config, rng=self.rand.randbytes, now=self.now,
-            verify_host_key=lambda key: None,
+            verify_host_key=verify_host_key or (lambda key: None),
         )
         self.wires: list[Wire] = []
         self.client_events: list[Event] = []
@@ -102,6 +113,7 @@ class Net:
                         wire.captured_to_server += tx.data
                     else:
                         wire.to_client += tx.data
+                        wire.captured_to_client += tx.data
                 if tx.close:
                     # The closing side's bytes still arrive, then the other end sees EOF.
                     self._deliver(wire)
@@ -113,10 +125,12 @@ class Net:
         if wire.closed or wire.blackholed:
             return False
         moved = False
-        for buf, endpoint, link in (
-            (wire.to_server, self.server, wire.server_link),
-            (wire.to_client, self.client, wire.client_link),
+        for buf, endpoint, link, held in (
+            (wire.to_server, self.server, wire.server_link, wire.hold_to_server),
+            (wire.to_client, self.client, wire.client_link, wire.hold_to_client),
         ):
+            if held:
+                continue
             while buf and link >= 0:
                 n = len(buf)
                 if self.chunking:
@@ -150,6 +164,14 @@ class Net:
                         endpoint_session.stream_consumed(event.stream_id, len(event.data))
                     if event.end_stream:
                         self.ended.add((name, event.stream_id))
+
+    def step(self) -> bool:
+        """One round of pump(): transmit, deliver, drain events; True if bytes moved."""
+        moved = self._collect()
+        for wire in list(self.wires):
+            moved |= self._deliver(wire)
+        self._drain_events()
+        return moved
 
     def pump(self, rounds: int = 10_000) -> None:
         for _ in range(rounds):

@@ -51,7 +51,7 @@
 #define MAXV 6          /* highest attach version: up to 6 re-attachments */
 #endif
 #ifndef MAXFAULT
-#define MAXFAULT 2      /* losses + duplications per run (reordering is not counted) */
+#define MAXFAULT 2      /* losses + duplications + reorderings per run */
 #endif
 #ifndef CAP
 #define CAP 3           /* messages in flight per direction */
@@ -156,8 +156,9 @@ inline snd(ch, smt, sv, so, sx) {
 inline rcv(ch) {
 	if
 	:: ch ? t, v, o, x
-	:: CHAOS && len(ch) >= 2 ->
+	:: FAULT && len(ch) >= 2 ->
 		/* the second message overtakes the first */
+		nfault++;
 		ch ? t2, v2, o2, x2; ch ? t, v, o, x; ch ! t2, v2, o2, x2;
 		t2 = 0; v2 = 0; o2 = 0; x2 = 0
 	fi
@@ -280,13 +281,9 @@ proctype Client()
 	:: atomic { cst == C_ATT && cestab && !cclosing && !cping && cacked == N && crecv == N ->
 		cclosing = true; snd(c2s, CLOSE, clink, crecv, 0) }
 
-	/* migration or a spurious dead-path timeout; the old link may survive */
-	:: atomic { CHAOS && (cst == C_ATT || cst == C_REATT) ->
-		if
-		:: clink = NONE
-		:: skip
-		fi;
-		reattach() }
+	/* migration or a spurious dead-path timeout, with the old link still up
+	 * (a suspension followed by a re-attach covers the old link being down) */
+	:: atomic { CHAOS && (cst == C_ATT || cst == C_REATT) -> reattach() }
 	/* client suspended and resumed: link state lost, session state kept */
 	:: atomic { CHAOS && (cst == C_ATT || cst == C_REATT) ->
 		clink = NONE; cping = false; cst = C_DEAD }

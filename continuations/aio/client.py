@@ -57,6 +57,9 @@ class ClientSession(AsyncSession):
         self._reconnector: asyncio.Task[None] | None = None
         self.reconnect_attempts = 0
         self.last_error: BaseException | None = None
+        # Loop time at which the latest transport connection came up (re-attach latency
+        # is measured from here to data flowing again).
+        self.link_opened_at: float | None = None
 
     # --- addresses ------------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class ClientSession(AsyncSession):
         return link
 
     def _link_started(self, link: LinkId) -> None:
+        self.link_opened_at = self._loop.time()
         self._outcomes[link] = self._loop.create_future()
 
     def _settle(self, link: LinkId, error: BaseException | None) -> None:
