@@ -14,10 +14,15 @@
     │   ├── AuthenticationError     bad record tag, bad attach proof, bad signature
     │   ├── AttachRejectedError     the server refused a re-attach (stale, unknown, proof)
     │   └── HostKeyMismatchError    the server's host key differs from the pinned one
-    └── SessionError                the session as a whole cannot go on
-        ├── SessionClosedError      closed in order (by us or the peer)
-        ├── SessionLostError        expired, or state needed to resume is gone
-        └── ConnectError            the first handshake could not be completed
+    ├── SessionError                the session as a whole cannot go on
+    │   ├── SessionClosedError      closed in order (by us or the peer)
+    │   ├── SessionLostError        expired, or state needed to resume is gone
+    │   └── ConnectError            the first handshake could not be completed
+    └── StoreError                  the shared attribute store refused an operation
+        ├── IntegrityError          a row failed authentication: tampered or foreign
+        ├── ConflictError           compare-and-set lost: the key's version moved on
+        ├── NotFoundError           no such session, attribute or continuation
+        └── SchemaError             the database is from a newer version, or corrupt
 
 Inside the sans-I/O core a peer's fault never raises out of an input method: it
 closes that transport link and surfaces as a ``LinkFailed`` event. Only local
@@ -109,21 +114,57 @@ class ConnectError(SessionError):
     """The first handshake with the server failed."""
 
 
+class StoreError(ContinuationsError):
+    """The shared attribute store refused an operation."""
+
+
+class IntegrityError(StoreError):
+    """A stored row failed authentication (tampered, or copied from elsewhere).
+
+    Raised before anything in the row is deserialised.
+    """
+
+
+class ConflictError(StoreError):
+    """A compare-and-set found a different version than expected."""
+
+    def __init__(self, message: str, expected: int | None, actual: int | None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class NotFoundError(StoreError, KeyError):
+    """No such session, attribute or continuation in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+class SchemaError(StoreError):
+    """The store's schema is newer than this code, or damaged."""
+
+
 __all__ = [
     "AttachRejectedError",
     "AuthenticationError",
     "ConfigError",
+    "ConflictError",
     "ConnectError",
     "ContinuationsError",
     "FrameError",
     "HostKeyMismatchError",
+    "IntegrityError",
     "InvalidTransitionError",
     "LocalError",
+    "NotFoundError",
     "ProtocolError",
     "RemoteError",
+    "SchemaError",
     "SessionClosedError",
     "SessionError",
     "SessionLostError",
+    "StoreError",
     "StreamStateError",
     "VersionError",
 ]
