@@ -1,6 +1,6 @@
 """The asyncio layer: ``connect()``, ``serve()`` and stream objects."""
 
-from continuations.aio.client import ClientSession, connect
+from continuations.aio.client import ClientSession, connect, resume
 from continuations.aio.server import Server, ServerSession, serve
 from continuations.aio.session import AsyncSession
 from continuations.aio.stream import SessionStream
@@ -12,5 +12,6 @@ __all__ = [
     "ServerSession",
     "SessionStream",
     "connect",
+    "resume",
     "serve",
 ]

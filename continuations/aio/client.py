@@ -29,6 +29,7 @@ from continuations.protocol import (
     SessionLost,
     SessionState,
 )
+from continuations.protocol.snapshot import SessionSnapshot
 
 
 class ClientSession(AsyncSession):
@@ -164,6 +165,24 @@ class ClientSession(AsyncSession):
             except (OSError, TimeoutError, ContinuationsError) as exc:
                 self.last_error = exc
 
+    def suspend(self) -> SessionSnapshot:
+        """Freeze the session for another process (see ``resume``) and drop its links.
+
+        The snapshot holds the session's keys: keep it secret (the runtime's store
+        encrypts it). The server keeps the session and waits for the re-attach.
+        """
+        self._raise_if_failed()
+        self._reconnect = False
+        if self._reconnector is not None:
+            self._reconnector.cancel()
+        snap = self._freeze_streams(self._endpoint.suspend())
+        self._driver.pump()
+        self._driver.shutdown()
+        for stream in self._streams.values():
+            stream._fail()
+        self._error = SessionError("session suspended")
+        return snap
+
     async def close(self, reason: str = "", timeout: float = 10.0) -> None:
         await super().close(reason, timeout)
         if self._reconnector is not None:
@@ -171,23 +190,16 @@ class ClientSession(AsyncSession):
         self._driver.shutdown()
 
 
-async def connect(
+def _build(
     host: str,
     port: int,
     *,
-    known_hosts: str | os.PathLike[str] | KnownHosts | None = None,
-    local_host: str | None = None,
-    config: SessionConfig | None = None,
-    reconnect: bool = True,
+    known_hosts: str | os.PathLike[str] | KnownHosts | None,
+    local_host: str | None,
+    config: SessionConfig,
+    reconnect: bool,
+    snapshot: SessionSnapshot | None,
 ) -> ClientSession:
-    """Open a new session to ``host:port``.
-
-    The server's host key is pinned in ``known_hosts`` on first use and checked on
-    every later connection (``HostKeyMismatchError`` on a change). With
-    ``reconnect``, a lost path is re-attached automatically, with capped
-    exponential backoff and jitter.
-    """
-    config = config or SessionConfig()
     pins = known_hosts if isinstance(known_hosts, KnownHosts) else KnownHosts(
         Path(known_hosts) if known_hosts is not None else None
     )
@@ -208,6 +220,7 @@ async def connect(
         rng=os.urandom,
         now=asyncio.get_running_loop().time(),
         verify_host_key=lambda key: pins.check(label, key),
+        snapshot=snapshot,
     )
     driver = Driver(endpoint, on_event, on_link_up=on_link_up, on_link_down=on_link_down)
     session = ClientSession(
@@ -215,11 +228,72 @@ async def connect(
         reconnect=reconnect,
     )
     holder.append(session)
+    return session
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    known_hosts: str | os.PathLike[str] | KnownHosts | None = None,
+    local_host: str | None = None,
+    config: SessionConfig | None = None,
+    reconnect: bool = True,
+) -> ClientSession:
+    """Open a new session to ``host:port``.
+
+    The server's host key is pinned in ``known_hosts`` on first use and checked on
+    every later connection (``HostKeyMismatchError`` on a change). With
+    ``reconnect``, a lost path is re-attached automatically, with capped
+    exponential backoff and jitter.
+    """
+    session = _build(
+        host, port, known_hosts=known_hosts, local_host=local_host,
+        config=config or SessionConfig(), reconnect=reconnect, snapshot=None,
+    )
     try:
         await session._attach(local_host)
     except (OSError, TimeoutError, ContinuationsError) as exc:
-        driver.shutdown()
+        session._driver.shutdown()
         cause = session.last_error or exc
-        raise ConnectError(f"cannot open a session to {label}: {cause}") from cause
+        raise ConnectError(f"cannot open a session to {host}:{port}: {cause}") from cause
     return session
 
+
+async def resume(
+    snapshot: SessionSnapshot,
+    host: str,
+    port: int,
+    *,
+    known_hosts: str | os.PathLike[str] | KnownHosts | None = None,
+    local_host: str | None = None,
+    config: SessionConfig | None = None,
+    timeout: float = 30.0,
+) -> ClientSession:
+    """Continue a suspended session (from ``ClientSession.suspend``) in this process.
+
+    Re-attaches to ``host:port`` with backoff until it works or ``timeout``
+    passes; the peer sees one continuous session. Streams keep their ids:
+    ``session.stream(id)``.
+    """
+    session = _build(
+        host, port, known_hosts=known_hosts, local_host=local_host,
+        config=config or SessionConfig(), reconnect=True, snapshot=snapshot,
+    )
+    session._thaw_streams(snapshot)
+    session._start_reconnecting()
+    assert session._reconnector is not None
+    try:
+        await asyncio.wait_for(asyncio.shield(session._reconnector), timeout)
+    except TimeoutError:
+        pass
+    if session.state is not SessionState.ESTABLISHED:
+        session._reconnect = False
+        session._reconnector.cancel()
+        session._driver.shutdown()
+        cause = session.last_error
+        raise ConnectError(
+            f"cannot resume session {snapshot.session_id.hex()} at {host}:{port}: "
+            f"{cause or 'timed out'}"
+        ) from cause
+    return session

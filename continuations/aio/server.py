@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from continuations.aio.driver import Address, Driver, LinkProtocol
 from continuations.aio.session import AsyncSession
-from continuations.errors import SessionError
+from continuations.errors import SessionError, StreamStateError
 from continuations.hostkeys import fingerprint, load_or_create_host_key
 from continuations.protocol import (
     Event,
@@ -21,6 +21,7 @@ from continuations.protocol import (
     SessionConfig,
     SessionEstablished,
 )
+from continuations.protocol.snapshot import SessionSnapshot
 
 log = logging.getLogger("continuations.server")
 
@@ -89,6 +90,30 @@ class Server:
         except Exception:
             log.exception("handler for session %s failed", session.id_hex)
             session.abort("server handler failed")
+
+    def suspend_session(self, session_id: bytes) -> SessionSnapshot:
+        """Freeze one session for another server process; it leaves this one."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            raise StreamStateError(f"no session {session_id.hex()} on this server")
+        snap = session._freeze_streams(self.endpoint.suspend_session(session_id))
+        self._driver.pump()
+        for stream in session._streams.values():
+            stream._fail()
+        session._error = SessionError("session suspended")
+        return snap
+
+    def restore_session(self, snapshot: SessionSnapshot) -> ServerSession:
+        """Take in a suspended session; it waits for its client to re-attach.
+
+        No handler runs for it: the caller drives the returned session.
+        """
+        core = self.endpoint.restore_session(snapshot, self._loop.time())
+        session = ServerSession(core, self._driver)
+        session._thaw_streams(snapshot)
+        self.sessions[core.id] = session
+        self._driver.pump()
+        return session
 
     def close(self) -> None:
         """Stop listening, close every session, and drop every connection."""

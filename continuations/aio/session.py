@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 
 from continuations.aio.driver import Address, Driver
 from continuations.aio.stream import SessionStream
-from continuations.errors import SessionClosedError, SessionError, SessionLostError
+from continuations.errors import (
+    SessionClosedError,
+    SessionError,
+    SessionLostError,
+    StreamStateError,
+)
 from continuations.protocol import (
     Disconnected,
     Event,
@@ -20,6 +26,7 @@ from continuations.protocol import (
     StreamDataReceived,
     StreamOpened,
 )
+from continuations.protocol.snapshot import SessionSnapshot
 
 Listener = Callable[[Event], None]
 
@@ -108,6 +115,44 @@ class AsyncSession:
                 self._raise_if_failed()
             return getter.result()
         return self._incoming.get_nowait()
+
+    def stream(self, stream_id: int) -> SessionStream:
+        """The stream with this id (after a resume, how an application finds its streams)."""
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise StreamStateError(f"no stream {stream_id} in this session") from None
+
+    @property
+    def stream_ids(self) -> list[int]:
+        return sorted(self._streams)
+
+    def _freeze_streams(self, snap: SessionSnapshot) -> SessionSnapshot:
+        """Fold what only this layer holds into a snapshot: unread input, waiting writes."""
+        streams = []
+        for st in snap.streams:
+            stream = self._streams.get(st.stream_id)
+            if stream is None:
+                streams.append(st)
+                continue
+            waiting = b"".join(stream._pending)
+            streams.append(
+                replace(
+                    st,
+                    unacked=st.unacked + waiting,
+                    fin=st.fin or stream._pending_eof,
+                    unread=bytes(stream._buffer),
+                )
+            )
+        return replace(snap, streams=tuple(streams))
+
+    def _thaw_streams(self, snap: SessionSnapshot) -> None:
+        for st in snap.streams:
+            stream = SessionStream(self, st.stream_id)
+            stream._buffer += st.unread
+            stream._eof = st.final is not None and st.received == st.final + 1
+            stream._eof_written = st.fin
+            self._streams[st.stream_id] = stream
 
     def _consumed(self, stream_id: int, n: int) -> None:
         self._core.stream_consumed(stream_id, n)

@@ -38,6 +38,7 @@ from continuations.protocol.events import (
 from continuations.protocol.keys import Random, TrafficKeys, public_bytes
 from continuations.protocol.link import Link, PendingAttach, PendingHello, PendingNewSession
 from continuations.protocol.session import Role, Session
+from continuations.protocol.snapshot import SessionSnapshot
 from continuations.protocol.states import (
     CLIENT_ACCEPTS,
     SERVER_ACCEPTS,
@@ -295,12 +296,25 @@ class ClientEndpoint(_Endpoint):
         rng: Random,
         now: float,
         verify_host_key: Callable[[bytes], None],
+        snapshot: SessionSnapshot | None = None,
     ) -> None:
+        """With ``snapshot``, continue a suspended session: it starts disconnected, and
+        the next ``new_link`` re-attaches with a version above any used before."""
         super().__init__(config=config, rng=rng, now=now)
         self._verify_host_key = verify_host_key
         self.session = self._new_session(Role.CLIENT, now)
         self._attempted = 0
         self._unknown_rejects = 0
+        if snapshot is not None:
+            self.session.restore(snapshot, now)
+            self._attempted = snapshot.attempted_version
+            self._schedule(self.session)
+
+    def suspend(self, unread: dict[int, bytes] | None = None) -> SessionSnapshot:
+        """Freeze the session for another process and drop every link."""
+        snap = self.session.snapshot(self._attempted, unread)
+        self.session.detach_all()
+        return snap
 
     def new_link(self, now: float) -> LinkId:
         """A transport connection to the server is up: start a handshake on it."""
@@ -442,6 +456,29 @@ class ServerEndpoint(_Endpoint):
 
     def session(self, session_id: bytes) -> Session | None:
         return self.sessions.get(session_id)
+
+    def suspend_session(
+        self, session_id: bytes, unread: dict[int, bytes] | None = None
+    ) -> SessionSnapshot:
+        """Freeze a session for another process; it leaves this endpoint."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise StreamStateError(f"no session {session_id.hex()}")
+        snap = session.snapshot(session.attach_version, unread)
+        session.detach_all()
+        del self.sessions[session_id]
+        self._scheduled.pop(id(session), None)
+        return snap
+
+    def restore_session(self, snapshot: SessionSnapshot, now: float) -> Session:
+        """Take in a suspended session; it waits, disconnected, for its client."""
+        if snapshot.session_id in self.sessions:
+            raise StreamStateError(f"session {snapshot.session_id.hex()} is already here")
+        session = self._new_session(Role.SERVER, now)
+        session.restore(snapshot, now)
+        self.sessions[session.id] = session
+        self._schedule(session)
+        return session
 
     def _session_of(self, link: Link) -> Session | None:
         return self.sessions.get(link.session_id) if link.session_id else None

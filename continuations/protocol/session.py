@@ -32,6 +32,7 @@ from continuations.protocol.events import (
 )
 from continuations.protocol.link import Link
 from continuations.protocol.rtt import RttEstimator
+from continuations.protocol.snapshot import SessionSnapshot, StreamSnapshot
 from continuations.protocol.states import (
     TERMINAL_SESSION_STATES,
     LinkState,
@@ -113,6 +114,7 @@ class Session:
         self._buffered = 0
         self._closing: tuple[int, str] | None = None
         self._rr = 0
+        self._owed_acks: list[bytes] = []  # final acks of streams already forgotten
 
     # --- state ----------------------------------------------------------------------------
 
@@ -204,6 +206,73 @@ class Session:
             RecvStream(self.config.stream_window, INITIAL_STREAM_LIMIT),
         )
 
+    # --- suspend and resume ---------------------------------------------------------------
+
+    def snapshot(self, attempted_version: int, unread: dict[int, bytes] | None = None) -> (
+        SessionSnapshot
+    ):
+        """Everything needed to continue this session in another process."""
+        unread = unread or {}
+        return SessionSnapshot(
+            role=self.role.value,
+            session_id=self.id,
+            resume_key=self.resume_key,
+            host_key=self.host_key,
+            attach_version=self.attach_version,
+            attempted_version=max(attempted_version, self.attach_version),
+            own_opened=self.own_opened,
+            peer_opened=self.peer_opened,
+            streams=tuple(
+                StreamSnapshot(
+                    stream_id=sid,
+                    acked=s.send.acked,
+                    base=s.send.base,
+                    unacked=s.send.unacked_bytes(),
+                    fin=s.send.fin,
+                    limit=s.send.limit,
+                    received=s.recv.received,
+                    final=s.recv.final,
+                    consumed=s.recv.consumed,
+                    window=s.recv.window,
+                    limit_sent=s.recv.limit_sent,
+                    unread=unread.get(sid, b""),
+                )
+                for sid, s in self.streams.items()
+            ),
+        )
+
+    def restore(self, snap: SessionSnapshot, now: float) -> None:
+        """Take over a snapshot's state; the session starts disconnected, ready to re-attach."""
+        if snap.role != self.role.value:
+            raise SessionLostError(f"a {snap.role} snapshot cannot resume as {self.role.value}")
+        self.id = snap.session_id
+        self.resume_key = snap.resume_key
+        self.host_key = snap.host_key
+        self.attach_version = snap.attach_version
+        self.own_opened = snap.own_opened
+        self.peer_opened = snap.peer_opened
+        self.streams = {}
+        for st in snap.streams:
+            try:
+                send = SendStream.restore(
+                    acked=st.acked, base=st.base, unacked=st.unacked, fin=st.fin, limit=st.limit
+                )
+            except FrameError as exc:
+                raise SessionLostError(f"stream {st.stream_id}: {exc}") from exc
+            recv = RecvStream(st.window, st.limit_sent)
+            recv.received, recv.final, recv.consumed = st.received, st.final, st.consumed
+            self.streams[st.stream_id] = Stream(st.stream_id, send, recv)
+        self._buffered = sum(len(st.unacked) for st in snap.streams)
+        self.move(SessionTrigger.ESTABLISH)
+        self.move(SessionTrigger.PATH_LOST)
+        self.disconnected_since = now
+
+    def detach_all(self) -> None:
+        """Drop every link without ending the session (it is being suspended)."""
+        self._release_links()
+        if self.state is not SessionState.DISCONNECTED and not self.finished:
+            self.move(SessionTrigger.PATH_LOST)
+
     # --- attachments ----------------------------------------------------------------------
 
     @property
@@ -247,7 +316,7 @@ class Session:
             self._buffered -= before - send.buffered
             stream.ack_sent = -1
             if stream.complete():
-                del self.streams[sid]
+                self._forget(stream)
         self.bytes_sent_again += replay
         return replay
 
@@ -377,7 +446,7 @@ class Session:
                 StreamDataReceived(session_id=self.id, stream_id=sid, data=fresh, end_stream=ended)
             )
         if stream.complete():
-            del self.streams[sid]
+            self._forget(stream)
 
     def _on_ack_frame(self, frame: AckFrame) -> None:
         sid = frame.stream_id
@@ -390,7 +459,14 @@ class Session:
         stream.send.on_ack(frame.received, frame.limit)
         self._buffered -= before - stream.send.buffered
         if stream.complete():
-            del self.streams[sid]
+            self._forget(stream)
+
+    def _forget(self, stream: Stream) -> None:
+        """Drop a finished stream, keeping the last ack the peer still needs from us."""
+        recv = stream.recv
+        if recv.received != stream.ack_sent:
+            self._owed_acks.append(encode_ack(stream.sid, recv.received, recv.limit_sent))
+        del self.streams[stream.sid]
 
     # --- output ---------------------------------------------------------------------------
 
@@ -407,6 +483,8 @@ class Session:
         link.pong_due.clear()
         sending = link is self.send_link
         if sending or link is self.active:
+            parts.extend(self._owed_acks)
+            self._owed_acks.clear()
             for stream in self.streams.values():
                 recv = stream.recv
                 if recv.received != stream.ack_sent or recv.wants_limit_update():
@@ -459,18 +537,6 @@ class Session:
                 size += STREAM_FRAME_OVERHEAD + len(data)
                 written += len(data)
         return written
-
-    def wants_to_send(self, link: Link) -> bool:
-        if link.needs_confirm or link.pong_due:
-            return True
-        if link is self.send_link and link.writable:
-            return self._closing is not None or any(
-                s.send.has_pending() for s in self.streams.values()
-            )
-        return any(
-            s.recv.received != s.ack_sent or s.recv.wants_limit_update()
-            for s in self.streams.values()
-        )
 
     # --- time -----------------------------------------------------------------------------
 

@@ -23,6 +23,25 @@ class SendStream:
         self.limit = initial_limit  # the peer's flow-control limit (data positions)
         self.fin = False  # end of stream was written
 
+    @classmethod
+    def restore(cls, *, acked: int, base: int, unacked: bytes, fin: bool, limit: int) -> SendStream:
+        if not base <= acked <= base + len(unacked) + (1 if fin else 0):
+            raise FrameError("inconsistent send-stream snapshot")
+        stream = cls(limit)
+        stream._base = base
+        stream._buf = bytearray(unacked)
+        stream.acked = acked
+        stream.next = acked
+        stream.fin = fin
+        return stream
+
+    @property
+    def base(self) -> int:
+        return self._base
+
+    def unacked_bytes(self) -> bytes:
+        return bytes(self._buf)
+
     @property
     def written(self) -> int:
         return self._base + len(self._buf)
