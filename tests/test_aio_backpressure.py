@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from aiohelpers import run
-
 from continuations.aio import connect
 from continuations.protocol import SessionConfig
 

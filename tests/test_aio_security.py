@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 from aiohelpers import FAST, Tap, echo_handler, raw_exchange, run
-
 from continuations.aio import ClientSession, connect, serve
 from continuations.protocol import SessionState
 from continuations.protocol.states import RecordType

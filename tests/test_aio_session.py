@@ -8,8 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
-from aiohelpers import FAST, client_via, echo_handler, pattern, run, server_and_relay, sha
 
+from aiohelpers import FAST, client_via, echo_handler, pattern, run, server_and_relay, sha
 from continuations.aio import ServerSession, connect, serve
 from continuations.errors import ConnectError, HostKeyMismatchError, SessionClosedError
 from continuations.protocol import Disconnected, Reattached, SessionConfig, SessionState

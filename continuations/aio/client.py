@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -283,10 +284,8 @@ async def resume(
     session._thaw_streams(snapshot)
     session._start_reconnecting()
     assert session._reconnector is not None
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(session._reconnector), timeout)
-    except TimeoutError:
-        pass
     if session.state is not SessionState.ESTABLISHED:
         session._reconnect = False
         session._reconnector.cancel()
