@@ -18,6 +18,9 @@
     │   ├── SessionClosedError      closed in order (by us or the peer)
     │   ├── SessionLostError        expired, or state needed to resume is gone
     │   └── ConnectError            the first handshake could not be completed
+    ├── ContinuationError           suspend or resume could not complete
+    │   ├── ResourceError           a resource could not be released or reacquired
+    │   └── GeneratorError          a continuation generator failed or missed its deadline
     └── StoreError                  the shared attribute store refused an operation
         ├── IntegrityError          a row failed authentication: tampered or foreign
         ├── ConflictError           compare-and-set lost: the key's version moved on
@@ -114,6 +117,19 @@ class ConnectError(SessionError):
     """The first handshake with the server failed."""
 
 
+class ContinuationError(ContinuationsError):
+    """Suspending or resuming an application could not complete."""
+
+
+class ResourceError(ContinuationError):
+    """A file, port, socket or child process could not be released or reacquired."""
+
+
+class GeneratorError(ContinuationError):
+    """A continuation generator raised, returned something else than a continuation or
+    BLOCK, or did not finish within its deadline."""
+
+
 class StoreError(ContinuationsError):
     """The shared attribute store refused an operation."""
 
@@ -151,8 +167,10 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "ConnectError",
+    "ContinuationError",
     "ContinuationsError",
     "FrameError",
+    "GeneratorError",
     "HostKeyMismatchError",
     "IntegrityError",
     "InvalidTransitionError",
@@ -160,6 +178,7 @@ __all__ = [
     "NotFoundError",
     "ProtocolError",
     "RemoteError",
+    "ResourceError",
     "SchemaError",
     "SessionClosedError",
     "SessionError",
