@@ -39,10 +39,7 @@ async def second(port, state):
     await session.close()
 
 step, port, state = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-import time
-started = time.monotonic()
 asyncio.run(first(port, state) if step == "first" else second(port, state))
-print(f"took {time.monotonic() - started:.2f}", file=sys.stderr)
 """
 
 
@@ -77,7 +74,6 @@ def test_client_resumes_in_a_new_process_and_the_server_sees_one_stream(
             )
             out, err = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 0, err.decode()
-            print(name, err.decode())
             return out.decode().split()
 
         try:

@@ -25,6 +25,7 @@ from continuations.errors import (
     RemoteError,
     SessionLostError,
     StreamStateError,
+    VersionError,
 )
 from continuations.protocol import handshake
 from continuations.protocol.config import SessionConfig
@@ -35,7 +36,13 @@ from continuations.protocol.events import (
     LinkId,
     SessionEstablished,
 )
-from continuations.protocol.keys import Random, TrafficKeys, public_bytes
+from continuations.protocol.keys import (
+    Random,
+    TrafficKeys,
+    public_bytes,
+    reject_is_authentic,
+    sign_reject,
+)
 from continuations.protocol.link import Link, PendingAttach, PendingHello, PendingNewSession
 from continuations.protocol.session import Role, Session
 from continuations.protocol.snapshot import SessionSnapshot
@@ -61,7 +68,6 @@ from continuations.protocol.wire import (
 )
 
 TRANSMIT_BUDGET = 1024 * 1024  # stream bytes per link per transmit() call
-UNKNOWN_SESSION_REJECTS_TO_GIVE_UP = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +310,6 @@ class ClientEndpoint(_Endpoint):
         self._verify_host_key = verify_host_key
         self.session = self._new_session(Role.CLIENT, now)
         self._attempted = 0
-        self._unknown_rejects = 0
         if snapshot is not None:
             self.session.restore(snapshot, now)
             self._attempted = snapshot.attempted_version
@@ -385,7 +390,6 @@ class ClientEndpoint(_Endpoint):
                 pending.eph, pending.request, accept, session.resume_key
             )
             self._finish_link(link, keys, now)
-            self._unknown_rejects = 0
             replayed = session.apply_resume_point(accept.resume)
             session.attachment_done(link, now, replayed)
         else:
@@ -401,18 +405,22 @@ class ClientEndpoint(_Endpoint):
 
     def _on_reject(self, link: Link, reject: Reject, now: float) -> None:
         session = self.session
+        pending = link.handshake
+        authentic = isinstance(pending, PendingAttach) and reject_is_authentic(
+            session.host_key, pending.request.client_nonce, session.id, reject.code,
+            reject.signature,
+        )
         self._emit(
             AttachRejected(link=link.id, session_id=session.id, code=reject.code,
-                           reason=reject.reason)
+                           reason=reject.reason, authentic=authentic)
         )
         self._close_link(link)
         self._link_lost(link, now, f"server refused: {reject.reason}")
-        # A refusal is unauthenticated, so one alone proves nothing; a server that keeps
-        # saying it does not know the session has most likely dropped it.
-        if reject.code == RejectCode.UNKNOWN_SESSION:
-            self._unknown_rejects += 1
-            if self._unknown_rejects >= UNKNOWN_SESSION_REJECTS_TO_GIVE_UP:
-                session.lose("the server no longer knows this session")
+        # Unsigned, a refusal proves nothing (anyone on the path can forge one): the
+        # client keeps trying until its linger time. Signed by the pinned host key over
+        # this request's nonce, it is the server speaking.
+        if reject.code == RejectCode.UNKNOWN_SESSION and authentic:
+            session.lose("the server no longer knows this session (signed refusal)")
         elif reject.code == RejectCode.STALE_VERSION:
             self._attempted += 1 << 16  # we restarted from older state: skip ahead (gaps are fine)
 
@@ -441,7 +449,7 @@ class ServerEndpoint(_Endpoint):
         # Hellos answered but not yet confirmed, oldest first. If the link dies before the
         # client's confirm arrives, the client already holds the keys and will re-attach;
         # an authentic attach request then completes the session. Bounded in count and age.
-        self._embryos: dict[bytes, tuple[PendingNewSession, float]] = {}
+        self._embryos: dict[bytes, tuple[PendingNewSession, float, Link]] = {}
 
     def new_link(self, now: float) -> LinkId:
         """A client connected; its first record says what it wants."""
@@ -491,41 +499,57 @@ class ServerEndpoint(_Endpoint):
         self._bind(link)
         super()._close_link(link)
 
-    def _reject(self, link: Link, code: int) -> None:
-        reject = Reject(code=code, reason=REJECT_REASONS.get(code, "refused"))
+    def _reject(self, link: Link, code: int, request: AttachRequest | None = None) -> None:
+        """Refuse and close. Answers to a well-formed request are signed (see Reject)."""
+        signature = b""
+        if request is not None:
+            signature = sign_reject(
+                self._host_key, request.client_nonce, request.session_id, code
+            )
+        reject = Reject(code=code, reason=REJECT_REASONS.get(code, "refused"),
+                        signature=signature)
         self._queue(link, RecordType.REJECT, reject.encode())
         self._close_link(link)
 
     def _on_record(
         self, link: Link, rtype: RecordType, header: bytes, body: bytes, now: float
     ) -> None:
-        if rtype is RecordType.CLIENT_HELLO:
-            self._answer_hello(link, ClientHello.decode(body), now)
-        elif rtype is RecordType.ATTACH_REQUEST:
-            self._answer_attach(link, AttachRequest.decode(body), now)
-        elif isinstance(link.handshake, PendingNewSession):
+        try:
+            if rtype is RecordType.CLIENT_HELLO:
+                self._answer_hello(link, ClientHello.decode(body), now)
+                return
+            if rtype is RecordType.ATTACH_REQUEST:
+                self._answer_attach(link, AttachRequest.decode(body), now)
+                return
+        except VersionError as exc:
+            self._emit(LinkFailed(link=link.id, session_id=None, error=exc))
+            self._reject(link, RejectCode.UNSUPPORTED_VERSION)
+            return
+        if isinstance(link.handshake, PendingNewSession):
             self._confirm_new_session(link, header, body, now)
+            return
+        session = self._session_of(link)
+        if session is None:
+            raise ProtocolError("record for a session that no longer exists")
+        if link.state is LinkState.CONFIRMING:
+            if link is not session.pending:
+                raise ProtocolError("confirm for an attachment that was superseded")
+            assert link.opener is not None
+            plaintext = link.opener.open(header, body)
+            link.last_received = now
+            link.move(LinkTrigger.CONFIRMED)
+            session.rtt.update(now - link.answered_at)
+            session.attachment_done(link, now, link.replayed)
+            session.on_plaintext(link, plaintext, now)
         else:
-            session = self._session_of(link)
-            if session is None:
-                raise ProtocolError("record for a session that no longer exists")
-            if link.state is LinkState.CONFIRMING:
-                assert link.opener is not None
-                plaintext = link.opener.open(header, body)
-                link.last_received = now
-                link.move(LinkTrigger.CONFIRMED)
-                session.rtt.update(now - link.answered_at)
-                session.attachment_done(link, now, link.replayed)
-                session.on_plaintext(link, plaintext, now)
-            else:
-                session.on_record(link, header, body, now)
+            session.on_record(link, header, body, now)
 
     def _answer_hello(self, link: Link, hello: ClientHello, now: float) -> None:
         answer, secrets = handshake.answer_hello(hello, self._rng, self._host_key)
         pending = PendingNewSession(answer.session_id, secrets, answer.host_key)
         link.handshake = pending
         self._purge_embryos(now)
-        self._embryos[answer.session_id] = (pending, now)
+        self._embryos[answer.session_id] = (pending, now, link)
         link.install(secrets.keys, client=False)
         self._queue(link, RecordType.SERVER_HELLO, answer.encode())
         link.answered_at = now
@@ -534,7 +558,7 @@ class ServerEndpoint(_Endpoint):
     def _purge_embryos(self, now: float) -> None:
         embryos = self._embryos
         while embryos:
-            oldest, (_, born) = next(iter(embryos.items()))
+            oldest, (_, born, _) = next(iter(embryos.items()))
             if now - born < self.config.handshake_timeout and (
                 len(embryos) < self.config.max_pending_handshakes
             ):
@@ -558,6 +582,8 @@ class ServerEndpoint(_Endpoint):
         pending = link.handshake
         assert isinstance(pending, PendingNewSession) and link.opener is not None
         plaintext = link.opener.open(header, body)  # raises unless the client holds the keys
+        if pending.session_id in self.sessions:
+            raise ProtocolError("late confirm: a re-attach already completed this session")
         self._bind(link)
         link.session_id = pending.session_id
         link.handshake = None
@@ -577,6 +603,8 @@ class ServerEndpoint(_Endpoint):
         ):
             return None
         session = self._create_session(entry[0], link, now)
+        if not entry[2].closed:
+            self._close_link(entry[2])  # its confirm, if it ever comes, is moot
         session.move(SessionTrigger.PATH_LOST)  # established, but with no link yet
         session.disconnected_since = now
         return session
@@ -584,17 +612,15 @@ class ServerEndpoint(_Endpoint):
     def _answer_attach(self, link: Link, request: AttachRequest, now: float) -> None:
         session = self.sessions.get(request.session_id) or self._hatch(request, link, now)
         if session is None or session.finished:
-            self._reject(link, RejectCode.UNKNOWN_SESSION)
+            self._reject(link, RejectCode.UNKNOWN_SESSION, request)
             return
-        newest = session.attach_version
-        if session.pending is not None:
-            newest = max(newest, session.pending.attach_version)
-        if request.attach_version <= newest:
-            self._reject(link, RejectCode.STALE_VERSION)
+        if request.attach_version <= max(session.attach_version, session.offered_version):
+            self._reject(link, RejectCode.STALE_VERSION, request)
             return
         if not handshake.request_is_authentic(request, session.resume_key):
             self._reject(link, RejectCode.BAD_PROOF)
             return
+        session.offered_version = request.attach_version
         # Verified: only now may this request touch the session.
         self._bind(link)
         accept, keys = handshake.answer_attach(

@@ -77,12 +77,13 @@ class LinkFailed:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttachRejected:
-    """The server answered a re-attach with a (plaintext, unauthenticated) refusal."""
+    """The server refused a re-attach. ``authentic``: signed by the pinned host key."""
 
     link: LinkId
     session_id: bytes
     code: int
     reason: str
+    authentic: bool = False
 
 
 Event = (

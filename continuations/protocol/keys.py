@@ -113,6 +113,29 @@ def verify_host(host_public: bytes, th: bytes, signature: bytes) -> None:
         raise AuthenticationError("server's host key signature does not verify") from exc
 
 
+def reject_payload(client_nonce: bytes, session_id: bytes, code: int) -> bytes:
+    return _LABEL + b"reject" + client_nonce + session_id + bytes((code,))
+
+
+def sign_reject(host_key: Ed25519PrivateKey, client_nonce: bytes, session_id: bytes,
+                code: int) -> bytes:
+    return host_key.sign(reject_payload(client_nonce, session_id, code))
+
+
+def reject_is_authentic(host_public: bytes, client_nonce: bytes, session_id: bytes, code: int,
+                        signature: bytes) -> bool:
+    """A refusal signed by the pinned host key, over this request's fresh nonce."""
+    if len(signature) != 64 or len(host_public) != 32:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(host_public).verify(
+            signature, reject_payload(client_nonce, session_id, code)
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
 class Sealer:
     """Seals records in one direction of one attachment."""
 

@@ -102,6 +102,9 @@ class Session:
         self.host_key = b""
         self.state = SessionState.CONNECTING
         self.attach_version = 0  # the version of the current attachment
+        # Server: the highest version it has answered, confirmed or not. A request must
+        # exceed it, so a captured request that was never confirmed works only once.
+        self.offered_version = 0
         self.active: Link | None = None
         self.pending: Link | None = None
         self.streams: dict[int, Stream] = {}
@@ -248,7 +251,7 @@ class Session:
         self.id = snap.session_id
         self.resume_key = snap.resume_key
         self.host_key = snap.host_key
-        self.attach_version = snap.attach_version
+        self.attach_version = self.offered_version = snap.attach_version
         self.own_opened = snap.own_opened
         self.peer_opened = snap.peer_opened
         self.streams = {}
@@ -303,11 +306,9 @@ class Session:
                 target = 0  # the peer never saw this stream
             else:
                 target = send.end  # the peer finished this stream and forgot it
-            if target < send.acked:
-                raise SessionLostError(
-                    f"peer states position {target} on stream {sid}, below {send.acked} it "
-                    "acknowledged before: it lost data we no longer hold"
-                )
+            # A statement can be older than an ack that overtook it (make-before-break, a
+            # replayed request): both are true lower bounds of what the peer holds.
+            target = max(target, send.acked)
             if target > send.end:
                 raise FrameError(f"peer states position {target} past the end of stream {sid}")
             replay += max(0, send.next - target)
@@ -332,6 +333,8 @@ class Session:
         self.active = link
         if self.pending is link:
             self.pending = None
+        for stream in self.streams.values():
+            stream.ack_sent = -1  # an ack that went out on the old link may have died with it
         if old is not None and old is not link:
             self._close_link(old)
         offline = 0.0 if self.disconnected_since is None else now - self.disconnected_since
@@ -554,11 +557,16 @@ class Session:
                 deadlines.append(link.last_received + dead_after)
             if link is self.pending:
                 deadlines.append(link.created + self.attach_timeout())
+
         if self.disconnected_since is not None:
             deadlines.append(self.disconnected_since + self.config.linger)
         return min(deadlines) if deadlines else None
 
     def attach_timeout(self) -> float:
+        """How long a pending attachment may take. The first handshake has no RTT
+        estimate yet and gets the generous handshake timeout."""
+        if self.state is SessionState.CONNECTING:
+            return self.config.handshake_timeout
         return self.config.dead_after(self.rtt.rto)
 
     def handle_timer(self, now: float) -> list[tuple[Link, RemoteError]]:

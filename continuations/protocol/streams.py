@@ -7,7 +7,7 @@ Offsets are 64-bit byte positions in the stream. As in TCP, the end of stream
 
 from __future__ import annotations
 
-from continuations.errors import FrameError, StreamStateError
+from continuations.errors import FrameError, SessionLostError, StreamStateError
 
 
 class SendStream:
@@ -116,9 +116,7 @@ class RecvStream:
     def on_frame(self, offset: int, data: bytes, fin: bool) -> tuple[bytes, bool]:
         """Return the new bytes to deliver and whether the end arrived just now.
 
-        Overlap with what was received is trimmed and a duplicate ignored; a gap
-        cannot happen on an ordered link whose sender rewound to our stated
-        position, so a gap is a protocol error.
+        Overlap with what was received is trimmed and a duplicate ignored.
         """
         end = offset + len(data)
         if end > self.limit_sent:
@@ -128,7 +126,15 @@ class RecvStream:
                 raise FrameError("peer sent data past the end of the stream")
             return b"", False
         if offset > self.received:
-            raise FrameError(f"gap in stream: expected position {self.received}, got {offset}")
+            # Senders resume from a position we stated or acknowledged, both at most what we
+            # hold: data beyond it means we hold less than we once did (resumed from older
+            # state than the peer saw). What is in between is gone.
+            raise SessionLostError(
+                f"stream data from position {offset} but we hold only {self.received}: this "
+                "side resumed from older state than the peer saw; the bytes between are lost"
+            )
+        if fin and end < self.received:
+            raise FrameError("peer moved the end of stream below data already received")
         fresh = data[self.received - offset :] if end > self.received else b""
         self.received = max(self.received, end)
         if fin:

@@ -308,14 +308,17 @@ REJECT_REASONS = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reject:
-    """Plaintext and unauthenticated: a client treats it as a hint, never as proof."""
+    """A refusal in plaintext. Unsigned, it is only a hint; a refusal of an attach
+    request carries the host key's signature over the request's nonce, session id
+    and code, which the client can verify against the key it pinned."""
 
     code: int
     reason: str
+    signature: bytes = b""
 
     def encode(self) -> bytes:
         text = self.reason.encode()[:MAX_REASON]
-        return bytes((self.code,)) + _U16.pack(len(text)) + text
+        return bytes((self.code,)) + _U16.pack(len(text)) + text + self.signature
 
     @classmethod
     def decode(cls, body: bytes) -> Reject:
@@ -325,8 +328,10 @@ class Reject:
         if length > MAX_REASON:
             raise FrameError("reject reason too long")
         reason = r.take(length).decode("utf-8", "replace")
+        rest = len(body) - r.position()
+        signature = r.take(SIGNATURE_LEN) if rest == SIGNATURE_LEN else b""
         r.done()
-        return cls(code=code, reason=reason)
+        return cls(code=code, reason=reason, signature=signature)
 
 
 # --- frames inside sealed records ---------------------------------------------------------

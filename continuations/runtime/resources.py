@@ -63,14 +63,20 @@ class ManagedFile:
             raise ResourceError(f"{self.path} is released (the session is suspended)")
         return self.handle
 
-    def release(self) -> Record:
+    def describe(self) -> Record:
+        """How to get this back, without letting go of it yet."""
         if self.handle is not None:
             self.handle.flush()
             self.offset = self.handle.tell()
-            self.handle.close()
-            self.handle = None
         return {"kind": "file", "path": str(self.path), "mode": self.mode,
                 "offset": self.offset, "device": self.device, "inode": self.inode}
+
+    def release(self) -> Record:
+        record = self.describe()
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        return record
 
     @classmethod
     def reacquire(cls, record: Record) -> ManagedFile:
@@ -124,12 +130,15 @@ class ManagedListener:
             raise ResourceError(f"listener {self.host}:{self.port} is released")
         return self.sock
 
+    def describe(self) -> Record:
+        return {"kind": "listener", "host": self.host, "port": self.port,
+                "backlog": self.backlog}
+
     def release(self) -> Record:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        return {"kind": "listener", "host": self.host, "port": self.port,
-                "backlog": self.backlog}
+        return self.describe()
 
     @classmethod
     def reacquire(cls, record: Record) -> ManagedListener:
@@ -162,11 +171,14 @@ class ManagedSocket:
             raise ResourceError(f"socket to {self.host}:{self.port} is released")
         return self.sock
 
+    def describe(self) -> Record:
+        return {"kind": "socket", "host": self.host, "port": self.port}
+
     def release(self) -> Record:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        return {"kind": "socket", "host": self.host, "port": self.port}
+        return self.describe()
 
     @classmethod
     def reacquire(cls, record: Record) -> ManagedSocket:
@@ -217,10 +229,14 @@ class ManagedProcess:
             raise ResourceError(f"child process {self.pid} ({self.args[0]}) has exited")
         os.kill(self.pid, sig)
 
+    def describe(self) -> Record:
+        return {"kind": "process", "pid": self.pid, "args": self.args, "started": self.started}
+
     def release(self) -> Record:
+        """The child keeps running; it is told the application is suspended."""
         if self.alive():
             self.notify(DISCONNECT_SIGNAL)
-        return {"kind": "process", "pid": self.pid, "args": self.args, "started": self.started}
+        return self.describe()
 
     @classmethod
     def reacquire(cls, record: Record) -> ManagedProcess:
