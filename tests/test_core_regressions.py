@@ -24,3 +24,63 @@ def test_final_ack_is_sent_even_when_the_stream_is_forgotten_at_once() -> None:
     assert client.buffered == 0
     assert client.unacknowledged(sid) == 0
     assert sid not in client.streams and sid not in server.streams
+
+
+def test_forged_refusals_cannot_kill_a_session_but_a_signed_one_ends_it() -> None:
+    from continuations.protocol import AttachRejected, SessionLost, SessionState
+    from continuations.protocol.states import RecordType
+    from continuations.protocol.wire import Reject, RejectCode, encode_record
+
+    net = Net(12)
+    wire = net.connect()
+    net.pump()
+    net.cut(wire)
+    forged = encode_record(
+        RecordType.REJECT, Reject(code=RejectCode.UNKNOWN_SESSION, reason="go away").encode()
+    )
+    for _ in range(10):  # an on-path attacker answers every attempt
+        link = net.client.new_link(net.now)
+        net.client.receive_data(link, forged, net.now)
+        net.pump()
+    assert net.client.session.state is SessionState.DISCONNECTED
+    rejected = net.events_of("client", AttachRejected)
+    assert len(rejected) == 10 and not any(e.authentic for e in rejected)
+
+    net.server.suspend_session(net.client.session.id)  # the server really forgets it
+    assert not net.server.sessions
+    net.connect()
+    net.pump()
+    last = net.events_of("client", AttachRejected)[-1]
+    assert last.authentic and last.code == RejectCode.UNKNOWN_SESSION
+    assert net.client.session.state is SessionState.LOST
+    assert net.events_of("client", SessionLost)
+
+
+def test_a_captured_unconfirmed_request_works_only_once() -> None:
+    from continuations.protocol.states import RecordType
+    from continuations.protocol.wire import RecordDecoder, Reject, RejectCode
+
+    net = Net(13)
+    net.connect()
+    net.pump()
+    attempt = net.connect()
+    attempt.blackholed = True  # the request never reaches the server...
+    net.pump()
+    stolen = bytes(attempt.to_server)  # ...but the attacker has it
+    net.cut(attempt)
+    for round_ in range(2):
+        raw = net.raw_wire()
+        net.server.receive_data(raw.server_link, stolen, net.now)
+        reply = b"".join(tx.data for tx in net.server.transmit(net.now)
+                         if tx.link == raw.server_link)
+        decoder = RecordDecoder()
+        decoder.feed(reply)
+        record = decoder.next_record()
+        assert record is not None
+        if round_ == 0:
+            assert record[0] is RecordType.ATTACH_ACCEPT  # answered, never confirmed
+            net.cut(raw)
+            net.advance(3.0)
+        else:
+            assert record[0] is RecordType.REJECT
+            assert Reject.decode(record[2]).code == RejectCode.STALE_VERSION
