@@ -14,7 +14,40 @@ def build_parser() -> argparse.ArgumentParser:
         prog="continuations",
         description="Sessions that survive network changes, outages and suspend/resume.",
     )
+    parser.add_argument("--store", metavar="PATH", help="the shared attribute store "
+                        "(default: $CONTINUATIONS_STORE, else the XDG state directory)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    listing = commands.add_parser("list", help="list sessions in the store",
+                                  description="List every session in the store: id, app, "
+                                  "role, state, peer, owning pid. A state ending in '?' "
+                                  "belongs to a process that is gone (see gc).")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    show = commands.add_parser("show", help="show one session in detail",
+                               description="State, attributes (secrets redacted), "
+                               "resources, continuation tree and sizes of one session. ID "
+                               "may be a unique prefix of at least 4 characters.")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    suspend = commands.add_parser("suspend", help="suspend a live session to the store",
+                                  description="Ask the owning process to generate the "
+                                  "session's continuation, persist it and release its "
+                                  "resources.")
+    suspend.add_argument("id")
+    resume = commands.add_parser("resume", help="resume a suspended session in a new process",
+                                 description="Start a new process that reacquires the "
+                                 "session's resources, re-attaches it and runs its "
+                                 "continuation.")
+    resume.add_argument("id")
+    resume.add_argument("--local-host", metavar="ADDR", help="source address to re-attach from")
+    resume.add_argument("--foreground", action="store_true",
+                        help="run the resumed session in this terminal instead of detached")
+    drop = commands.add_parser("drop", help="end a session and remove it from the store",
+                               description="Close a live session (through its owner) or "
+                               "discard a suspended one.")
+    drop.add_argument("id")
+    commands.add_parser("gc", help="remove expired sessions and those whose owner died",
+                        description="Remove sessions past their expiry, and live-marked "
+                        "sessions whose owning process no longer runs.")
     demo = commands.add_parser(
         "demo",
         help="run a session through a cut, a blackhole and a migration on loopback",
@@ -43,11 +76,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             if min(args.rtt, args.outage, args.size, args.rate) <= 0:
                 raise ContinuationsError("--rtt, --outage, --size and --rate must be positive")
             return demo.main(args)
+        return _session_command(args)
     except ContinuationsError as exc:
         print(f"continuations: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    return 2
+
+
+def _session_command(args: argparse.Namespace) -> int:
+    from continuations import commands
+    from continuations.store import Store
+
+    with Store(args.store) as store:
+        if args.command == "list":
+            return commands.cmd_list(store, args.json)
+        if args.command == "show":
+            return commands.cmd_show(store, args.id, args.json)
+        if args.command == "suspend":
+            return commands.cmd_suspend(store, args.id)
+        if args.command == "resume":
+            return commands.cmd_resume(store, args.id, args.local_host, args.foreground)
+        if args.command == "drop":
+            return commands.cmd_drop(store, args.id)
+        if args.command == "gc":
+            return commands.cmd_gc(store)
     return 2
 
 

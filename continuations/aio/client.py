@@ -62,6 +62,7 @@ class ClientSession(AsyncSession):
         # Loop time at which the latest transport connection came up (re-attach latency
         # is measured from here to data flowing again).
         self.link_opened_at: float | None = None
+        self.known_hosts_path: Path | None = None
 
     # --- addresses ------------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ def _build(
     snapshot: SessionSnapshot | None,
 ) -> ClientSession:
     pins = known_hosts if isinstance(known_hosts, KnownHosts) else KnownHosts(
-        Path(known_hosts) if known_hosts is not None else None
+        Path(known_hosts).expanduser() if known_hosts is not None else None
     )
     label = f"{host}:{port}"
     holder: list[ClientSession] = []
@@ -228,6 +229,7 @@ def _build(
         endpoint, driver, host=host, port=port, local_host=local_host, config=config,
         reconnect=reconnect,
     )
+    session.known_hosts_path = pins.path
     holder.append(session)
     return session
 

@@ -67,6 +67,32 @@ class AsyncSession:
         return self._core.rtt.srtt
 
     @property
+    def latest_rtt(self) -> float | None:
+        """The most recent RTT sample (after a re-attach: the handshake's round trip)."""
+        return self._core.rtt.latest
+
+    @property
+    def delivery_rate(self) -> float | None:
+        """Bytes per second the peer acknowledged while data was outstanding (EWMA)."""
+        return self._core.delivery_rate
+
+    async def wait_attached(self) -> None:
+        """Wait until the session has a usable path (raises if it ends first)."""
+        while self._core.state is not SessionState.ESTABLISHED:
+            self._raise_if_failed()
+            waiter = self._loop.create_future()
+
+            def wake(event: Event, waiter: asyncio.Future[None] = waiter) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            self.add_listener(wake)
+            try:
+                await asyncio.wait({waiter, self._closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.remove_listener(wake)
+
+    @property
     def host_key(self) -> bytes:
         """The server's Ed25519 host key (raw public bytes)."""
         return self._core.host_key

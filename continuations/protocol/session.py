@@ -118,6 +118,10 @@ class Session:
         self._closing: tuple[int, str] | None = None
         self._rr = 0
         self._owed_acks: list[bytes] = []  # final acks of streams already forgotten
+        # Acknowledged-delivery rate (bytes/s), sampled while data is outstanding.
+        self.delivery_rate: float | None = None
+        self._rate_mark: tuple[float, int] | None = None
+        self._acked_total = 0
 
     # --- state ----------------------------------------------------------------------------
 
@@ -411,7 +415,7 @@ class Session:
             if isinstance(frame, StreamFrame):
                 self._on_stream_frame(frame)
             elif isinstance(frame, AckFrame):
-                self._on_ack_frame(frame)
+                self._on_ack_frame(frame, now)
             elif isinstance(frame, PingFrame):
                 link.pong_due.append(frame.ping_id)
             elif isinstance(frame, PongFrame):
@@ -451,7 +455,7 @@ class Session:
         if stream.complete():
             self._forget(stream)
 
-    def _on_ack_frame(self, frame: AckFrame) -> None:
+    def _on_ack_frame(self, frame: AckFrame, now: float) -> None:
         sid = frame.stream_id
         stream = self.streams.get(sid)
         if stream is None:
@@ -460,9 +464,27 @@ class Session:
             return
         before = stream.send.buffered
         stream.send.on_ack(frame.received, frame.limit)
-        self._buffered -= before - stream.send.buffered
+        freed = before - stream.send.buffered
+        self._buffered -= freed
+        self._sample_rate(freed, now)
         if stream.complete():
             self._forget(stream)
+
+    def _sample_rate(self, freed: int, now: float) -> None:
+        """EWMA of bytes acknowledged per second over windows of at least one RTT."""
+        self._acked_total += freed
+        mark = self._rate_mark
+        if mark is None:
+            self._rate_mark = (now, self._acked_total)
+        elif now - mark[0] >= max(0.05, self.rtt.srtt or 0.0):
+            moved = self._acked_total - mark[1]
+            if moved >= 16384:
+                rate = moved / (now - mark[0])
+                old = self.delivery_rate
+                self.delivery_rate = rate if old is None else 0.75 * old + 0.25 * rate
+            self._rate_mark = (now, self._acked_total)
+        if self._buffered == 0:
+            self._rate_mark = None  # idle: the next window starts with the next data
 
     def _forget(self, stream: Stream) -> None:
         """Drop a finished stream, keeping the last ack the peer still needs from us."""

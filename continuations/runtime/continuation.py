@@ -12,11 +12,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from continuations.runtime.conditions import NetworkConditions
 
-ContinuationFn = Callable[[Any, NetworkConditions], Awaitable[None] | None]
+if TYPE_CHECKING:
+    from continuations.runtime.context import SessionContext
+
+ContinuationFn = Callable[[Any, NetworkConditions, "SessionContext"], Awaitable[None] | None]
 
 
 class _Block:
@@ -41,19 +44,21 @@ BLOCK: Final = _Block()
 
 @dataclass(slots=True)
 class Continuation:
-    """``fn(state, conditions)`` resumes the work; ``children`` resume after it, in order."""
+    """``fn(state, conditions, ctx)`` resumes the work; ``children`` resume after it, in
+    order. ``ctx`` is the resumed session's context: its session, attributes and the
+    resources the runtime reacquired."""
 
     fn: ContinuationFn
     state: Any = None
     name: str = ""
     children: list[Continuation] = field(default_factory=list)
 
-    async def invoke(self, conditions: NetworkConditions) -> None:
-        result = self.fn(self.state, conditions)
+    async def invoke(self, conditions: NetworkConditions, ctx: SessionContext) -> None:
+        result = self.fn(self.state, conditions, ctx)
         if inspect.isawaitable(result):
             await result
         for child in self.children:
-            await child.invoke(conditions)
+            await child.invoke(conditions, ctx)
 
     def tree(self) -> dict[str, Any]:
         """A JSON-able outline for ``continuations show``."""

@@ -1,0 +1,33 @@
+"""The continuations runtime: continuation generators, managed resources, suspend/resume.
+
+Guide: docs/runtime.md.
+"""
+
+from continuations.runtime.conditions import NetworkConditions
+from continuations.runtime.context import SessionContext
+from continuations.runtime.continuation import BLOCK, Continuation
+from continuations.runtime.resources import (
+    DISCONNECT_SIGNAL,
+    RESUME_SIGNAL,
+    ManagedFile,
+    ManagedListener,
+    ManagedProcess,
+    ManagedSocket,
+)
+from continuations.runtime.runtime import Policy, Runtime, SuspendResult
+
+__all__ = [
+    "BLOCK",
+    "DISCONNECT_SIGNAL",
+    "RESUME_SIGNAL",
+    "Continuation",
+    "ManagedFile",
+    "ManagedListener",
+    "ManagedProcess",
+    "ManagedSocket",
+    "NetworkConditions",
+    "Policy",
+    "Runtime",
+    "SessionContext",
+    "SuspendResult",
+]
