@@ -12,6 +12,8 @@ PACKAGES = [
     "continuations.protocol",
     "continuations.testing",
     "continuations.errors",
+    "continuations.runtime",
+    "continuations.store",
 ]
 
 

@@ -18,15 +18,15 @@ from continuations.runtime.runtime import Policy, Runtime, SuspendResult
 
 __all__ = [
     "BLOCK",
-    "DISCONNECT_SIGNAL",
-    "RESUME_SIGNAL",
     "Continuation",
+    "DISCONNECT_SIGNAL",
     "ManagedFile",
     "ManagedListener",
     "ManagedProcess",
     "ManagedSocket",
     "NetworkConditions",
     "Policy",
+    "RESUME_SIGNAL",
     "Runtime",
     "SessionContext",
     "SuspendResult",

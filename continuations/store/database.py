@@ -172,6 +172,18 @@ class Connection:
                         raise NotFoundError(f"no session {session_id} in the store") from exc
                     raise
 
+    def write_one(self, sql: str, params: Params = (), *, session_id: str | None = None) -> int:
+        """Run one write statement, in its own transaction unless one is open.
+
+        A single statement is atomic by itself, so inside an open transaction it needs
+        no savepoint of its own (that would cost two more statements per write).
+        """
+        with self._lock:
+            if self._mode is _Mode.WRITE:
+                return self.write(sql, params, session_id=session_id)
+            with self.transaction():
+                return self.write(sql, params, session_id=session_id)
+
     def fetchone(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
         with self._lock, translated(self.path):
             self._check_open()
