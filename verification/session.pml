@@ -1,14 +1,13 @@
 /*
  * Promela model of the `continuations` session protocol
- * (docs/design-notes.md; docs/verification.md explains what is checked and why).
+ * (docs/design-notes.md; docs/verification.md says what is checked and why).
  *
  * Two processes, Client and Server, talk over two bounded channels.  As in the
  * ECCP model, the unreliable network is not a process of its own: a send may
  * drop the message, deliver it once, or deliver it twice (inline `snd`), and a
- * receive may take the second message in the channel instead of the first
- * (inline `rcv`), which is how messages overtake each other.  Simulating the
- * network inside the endpoints avoids a network process whose interleavings
- * with the endpoints add states without adding behaviours.
+ * receive may take the second message in the queue instead of the first
+ * (inline `rcv`), which is how messages overtake each other.  A separate
+ * network process would only add interleavings that change nothing.
  *
  * Abstractions (docs/verification.md has the longer argument):
  *  - Cryptography is a set of unforgeable capabilities.  Only the client can
@@ -17,31 +16,36 @@
  *    Every record carries the attachment version whose keys protect it; an end
  *    that does not hold those keys (old link, lost link, never-accepted
  *    attachment) ignores the record, which is what failed AEAD decryption does.
- *  - Each byte stream is N items; item k is the byte at offset k, and its value
- *    is k if the sender still holds it and BAD if it was already freed.
- *  - Time is nondeterminism: spurious timeouts are free choices, and a genuine
- *    timeout is Promela's `timeout` (the whole system is stuck).
+ *  - Each byte stream is N items; item k is the byte at offset k.  Its value
+ *    is k while the sender still holds it and BAD once it has been freed.
+ *  - Time is nondeterminism: a spurious timeout is a free choice, a genuine
+ *    one is Promela's `timeout` (nothing in the whole system can move).
+ *  - A sender transmits everything it holds from its resume offset as soon as
+ *    a link is usable (a burst), and a receiver acknowledges once it has the
+ *    whole stream (acks are cumulative, so intermediate ones only free memory
+ *    earlier; the offsets in ATTACH_REQUEST/ATTACH_ACCEPT are acks too).
  *
- * Bounding: every disruptive event (loss, duplication, reordering, spurious
+ * Bounding: every disruptive event (loss, duplication, overtaking, spurious
  * timeout, migration, suspension) is allowed only while CHAOS holds, i.e.
- * while the client can still move to a higher attach version.  The last
- * version MAXV therefore runs on a quiet network, which is the fairness
- * assumption behind "the ends agree once the network is quiet": if they do
- * not, the system stalls with no way to recover and the quiescence assertion
- * in the client fires.
+ * while the client can still move to a higher attach version, and losses,
+ * duplications and overtakings share a budget of MAXFAULT.  The last version,
+ * MAXV, therefore runs on a quiet network.  That is the fairness assumption
+ * behind "the ends agree once the network is quiet": if they do not, the
+ * system stalls with no way out and the quiescence assertion in the client
+ * fires (or spin reports an invalid end state).
  *
- * Variants (compile-time macros):
+ * Variants (compile-time macros, see verification/check.sh):
  *  -DSEQUENCE_SEMANTICS  the server treats attach numbers as TCP-Migrate/HIP
- *                        style sequence numbers (session_broken.pml sets it);
+ *                        sequence numbers (session_broken.pml sets this);
  *                        spin must find a counterexample.
  *  -DLITERAL_RESUME      resume from exactly the offset the peer stated, as
  *                        the design notes literally say, instead of
- *                        max(stated, acked); spin finds the sender asked to
- *                        resend bytes it already freed.
+ *                        max(stated, acked): spin finds a sender asked to
+ *                        resend bytes it has already freed.
  *  -DEARLY_DATA          the client sends stream data right after its confirm,
- *                        before the server has proved the session exists;
+ *                        before the server has proved the session exists:
  *                        spin finds data delivered to a session the client
- *                        has already reported as failed.
+ *                        has reported as never established.
  */
 
 #ifndef N
@@ -51,14 +55,14 @@
 #define MAXV 6          /* highest attach version: up to 6 re-attachments */
 #endif
 #ifndef MAXFAULT
-#define MAXFAULT 2      /* losses + duplications + reorderings per run */
+#define MAXFAULT 2      /* losses + duplications + overtakings per run */
 #endif
 #ifndef CAP
 #define CAP 3           /* messages in flight per direction */
 #endif
 
 #define NONE 255
-#define BAD  254        /* value of a byte the sender no longer holds */
+#define BAD  254        /* value of a byte the sender has already freed */
 
 mtype = {
 	HELLO, HELLO_OK,               /* new session, plaintext */
@@ -78,28 +82,25 @@ chan s2c = [CAP] of { mtype, byte, byte, byte };
 mtype = { C_HELLO, C_ATT, C_REATT, C_DEAD, C_DONE, C_FAILED };
 mtype cst = C_HELLO;
 byte cv = 0;            /* latest attach version the client has used */
-byte clink = NONE;      /* attachment whose keys the client holds, NONE if none */
+byte clink = NONE;      /* attachment whose keys the client holds */
 bool cestab = false;    /* the server has proved that the session exists */
-bool cclosing = false;  /* CLOSE has been sent (and is re-sent after re-attach) */
+bool cclosing = false;  /* CLOSE sent; it is sent again after a re-attach */
 bool cping = false;     /* a PING is outstanding */
-byte csent = 0;         /* client->server stream: next offset to send on clink */
-byte cacked = 0;        /*   lowest offset not yet acknowledged (bytes below are freed) */
+byte cacked = 0;        /* client->server stream: bytes below are acked and freed */
 byte crecv = 0;         /* server->client stream: next offset expected */
 
 /* ---------------- server state ---------------- */
 mtype = { S_NONE, S_OPEN, S_CLOSED };
 mtype sess = S_NONE;
-byte scur = 0;          /* committed attach version (session state, survives suspension) */
+byte scur = 0;          /* committed attach version; session state, survives suspension */
 byte shigh = 0;         /* highest version ever accepted, pending or committed */
-bool slink = false;     /* the server holds a live link for scur (link state) */
+bool slink = false;     /* the server holds the link of attachment scur (link state) */
 byte spend = NONE;      /* pending attach version (link state) */
-byte ssent = 0;         /* server->client stream: next offset on the current link */
-byte spsent = 0;        /*   next offset on the pending link */
-byte sacked = 0;        /*   lowest offset not yet acknowledged */
+byte sacked = 0;        /* server->client stream: bytes below are acked and freed */
 byte srecv = 0;         /* client->server stream: next offset expected */
 
-byte nfault = 0;        /* losses and duplications so far */
-bool cprog = false;     /* set inside atomic steps, turned into a progress state outside */
+byte nfault = 0;
+bool cprog = false;     /* set inside atomic steps, turned into progress states outside */
 bool sprog = false;
 
 #define CHAOS   (cv < MAXV)
@@ -107,30 +108,29 @@ bool sprog = false;
 #define MAX(a, b)  (a > b -> a : b)
 #define VAL(off, acked) (off >= acked -> off : BAD)
 
-#ifdef EARLY_DATA
-#define DATA_OK true
-#else
-/* stream data waits until the server has proved the session exists */
-#define DATA_OK cestab
-#endif
-
 #ifdef SEQUENCE_SEMANTICS
-/* TCP-Migrate/HIP: attach n+1 only after n has finished; no skipping ahead. */
-#define STALE(v) ((v) != scur + 1 || spend != NONE)
+/* TCP-Migrate/HIP: attach n+1 only once n has finished; no skipping ahead. */
+#define STALE(v) (v != scur + 1 || spend != NONE)
 #else
-/* Version semantics: anything newer than all versions seen supersedes, gaps
- * are fine.  The design notes say "stale if v <= current"; comparing against
- * the highest version ever accepted (pending included) also stops an old,
- * delayed request from replacing a newer pending one, and gives each version
- * at most one set of keys. */
-#define STALE(v) ((v) <= shigh)
+/* Version semantics: anything newer than every version seen supersedes, gaps
+ * are fine.  The design notes say "stale if v <= current"; comparing with the
+ * highest version ever accepted (pending included) also stops an old, delayed
+ * request from replacing a newer pending attach, and gives each version at
+ * most one ATTACH_ACCEPT, hence one set of keys. */
+#define STALE(v) (v <= shigh)
 #endif
 
 #ifdef LITERAL_RESUME
-#define RESUME(stated, acked) (stated)
+#define RESUME(stated, acked) stated
 #else
-/* The stated offset can be older than an ack that arrived on the other link. */
+/* A stated offset can be older than an ack that came over another link. */
 #define RESUME(stated, acked) MAX(stated, acked)
+#endif
+
+#ifdef EARLY_DATA
+#define DATA_OK true
+#else
+#define DATA_OK cestab
 #endif
 
 inline snd(ch, smt, sv, so, sx) {
@@ -139,10 +139,10 @@ inline snd(ch, smt, sv, so, sx) {
 	:: FAULT && len(ch) + 2 <= CAP ->
 		nfault++; ch ! smt, sv, so, sx; ch ! smt, sv, so, sx   /* duplicated / replayed */
 	:: nfull(ch) -> ch ! smt, sv, so, sx
-	:: full(ch) && CHAOS -> skip                        /* queue overflow: lost */
-	/* Once the network is quiet, a full queue first sheds a leftover of a
-	 * dead link (its TCP connection is gone, so is its data), and otherwise
-	 * blocks the sender: back-pressure, as on a TCP link whose window is shut. */
+	:: full(ch) && CHAOS                                 /* queue overflow: lost */
+	/* Once the network is quiet a full queue first sheds a leftover of a dead
+	 * link (its TCP connection is gone and its data with it), and otherwise
+	 * blocks the sender: back-pressure, as on a TCP link with a shut window. */
 	:: full(ch) && !CHAOS ->
 		ch ? <t2, v2, o2, x2>;
 		if
@@ -164,12 +164,41 @@ inline rcv(ch) {
 	fi
 }
 
-/* Client starts attachment cv+1; its old link may or may not survive. */
+/* burst of everything still unacknowledged, from offset `from` */
+inline csend_from(from) {
+	k = from;
+	do
+	:: k < N -> w = VAL(k, cacked); snd(c2s, DATA, clink, k, w); k++
+	:: else -> break
+	od;
+	k = 0; w = 0
+}
+inline ssend_from(lnk, from) {
+	k = from;
+	do
+	:: k < N -> w = VAL(k, sacked); snd(s2c, DATA, lnk, k, w); k++
+	:: else -> break
+	od;
+	k = 0; w = 0
+}
+
+/* the client starts attachment cv+1 (its old link, if any, stays up) */
 inline reattach() {
 	cv++;
 	cst = C_REATT;
 	cping = false;
 	snd(c2s, ATT_REQ, cv, crecv, 0)
+}
+
+/* the server has proved the session exists: now the client's data may flow */
+inline established() {
+	if
+	:: !cestab -> cestab = true;
+#ifndef EARLY_DATA
+		csend_from(cacked)
+#endif
+	:: else
+	fi
 }
 
 proctype Client()
@@ -178,30 +207,38 @@ proctype Client()
 	byte v, o, x;
 	mtype t2;
 	byte v2, o2, x2;
+	byte k, w;       /* burst cursor and value */
 
 	atomic { snd(c2s, HELLO, 0, 0, 0) }
 	do
-	:: atomic { nempty(s2c) -> rcv(s2c);
+	:: atomic { nempty(s2c) && cst != C_DONE && cst != C_FAILED -> rcv(s2c);
 		if
 		:: t == HELLO_OK ->
 			if
 			:: cst == C_HELLO ->
 				cst = C_ATT; clink = 0;
-				snd(c2s, CONFIRM, 0, crecv, 0)
+				snd(c2s, CONFIRM, 0, crecv, 0);
+#ifdef EARLY_DATA
+				csend_from(0)
+#endif
 			:: else     /* answer to a duplicated HELLO */
 			fi
 		:: t == ATT_ACC ->
 			if
 			:: cst == C_REATT && v == cv ->
-				/* new keys: the old link is dropped, the server's
+				/* new keys; the old link is dropped; the server's
 				 * stated offset acknowledges everything below it */
-				cst = C_ATT; clink = v; cestab = true; cping = false;
-				#ifdef LITERAL_RESUME
-				assert(o >= cacked);   /* sender still holds the bytes it must resend */
-				#endif
+				cst = C_ATT; clink = v; cping = false;
+#ifdef LITERAL_RESUME
+				assert(o >= cacked);    /* the bytes to resend are still held */
+#endif
+				x = RESUME(o, cacked);
 				cacked = MAX(cacked, o);
-				csent = RESUME(o, cacked);
 				snd(c2s, CONFIRM, v, crecv, 0);
+				if
+				:: cestab -> csend_from(x)
+				:: else -> established()
+				fi;
 				if
 				:: cclosing -> snd(c2s, CLOSE, v, crecv, 0)
 				:: else
@@ -214,11 +251,14 @@ proctype Client()
 			:: cst == C_REATT && v == cv ->
 				if
 				:: o == R_UNKNOWN && cclosing -> cst = C_DONE   /* CLOSE_OK was lost */
-				:: o == R_UNKNOWN && !cclosing ->
-					/* the server never saw the confirm: the session
-					 * never existed, unless the server proved it did */
-					assert(!cestab);
+				:: o == R_UNKNOWN && !cclosing && !cestab ->
+					/* the server never saw a confirm: as far as the
+					 * client can tell the session never existed */
 					cst = C_FAILED
+				:: o == R_UNKNOWN && !cclosing && cestab ->
+					/* the request overtook the confirm that creates the
+					 * session; the server has proved the session exists */
+					clink = NONE; cst = C_DEAD
 				:: o == R_STALE -> clink = NONE; cst = C_DEAD
 				fi
 			:: else
@@ -226,14 +266,23 @@ proctype Client()
 		:: t == DATA ->
 			if
 			:: v == clink ->
-				cestab = true;
+				established();
 				if
 				:: o == crecv ->
 					assert(x == crecv);      /* in order, exactly once */
 					crecv++;
-					snd(c2s, ACK, v, crecv, 0);
+					if
+					:: crecv == N -> snd(c2s, ACK, v, crecv, 0)
+					:: else
+					fi;
 					cprog = true
-				:: o < crecv                   /* duplicate */
+				:: o < crecv ->
+					/* duplicate: ack again, or a sender whose acks went
+					 * to a link it has left would wait forever */
+					if
+					:: crecv == N -> snd(c2s, ACK, v, crecv, 0)
+					:: else
+					fi
 				:: o > crecv ->
 					/* gap: a protocol error that ends the link */
 					clink = NONE;
@@ -246,10 +295,7 @@ proctype Client()
 			fi
 		:: t == ACK ->
 			if
-			:: v == clink ->
-				cestab = true;
-				cacked = MAX(cacked, o);
-				csent = MAX(csent, cacked)
+			:: v == clink -> established(); cacked = MAX(cacked, o)
 			:: else
 			fi
 		:: t == PONG ->
@@ -265,29 +311,25 @@ proctype Client()
 		:: else
 		fi;
 		t = 0; v = 0; o = 0; x = 0 }
-		/* progress states must be real states, not inside an atomic step */
+		/* progress states have to be real states, not inside an atomic step */
 		if
 		:: cprog -> progress_client: cprog = false
 		:: else
 		fi
 
-	:: atomic { cst == C_ATT && clink != NONE && csent < N && !cclosing && DATA_OK ->
-		x = VAL(csent, cacked);
-		snd(c2s, DATA, clink, csent, x); csent++; x = 0 }
-
-	/* idle: everything delivered both ways; heartbeat or orderly close */
+	/* idle (everything delivered both ways): heartbeat or orderly close */
 	:: atomic { cst == C_ATT && cestab && !cclosing && !cping && cacked == N && crecv == N ->
 		cping = true; snd(c2s, PING, clink, 0, 0) }
 	:: atomic { cst == C_ATT && cestab && !cclosing && !cping && cacked == N && crecv == N ->
 		cclosing = true; snd(c2s, CLOSE, clink, crecv, 0) }
 
-	/* migration or a spurious dead-path timeout, with the old link still up
-	 * (a suspension followed by a re-attach covers the old link being down) */
+	/* migration, or a spurious dead-path timeout, with the old link still up
+	 * (suspension followed by re-attach covers the old link being down) */
 	:: atomic { CHAOS && (cst == C_ATT || cst == C_REATT) -> reattach() }
 	/* client suspended and resumed: link state lost, session state kept */
 	:: atomic { CHAOS && (cst == C_ATT || cst == C_REATT) ->
 		clink = NONE; cping = false; cst = C_DEAD }
-	/* a dead link (rejected attach, gap, suspension): back off and re-attach */
+	/* the link is dead (rejected attach, gap, suspension): re-attach */
 	:: atomic { cst == C_DEAD && CHAOS -> reattach() }
 
 	/* genuine timeout: nothing in the whole system can move */
@@ -296,11 +338,11 @@ proctype Client()
 		:: cst == C_HELLO -> snd(c2s, HELLO, 0, 0, 0)
 		:: cst != C_HELLO && CHAOS -> clink = NONE; reattach()
 		:: else ->
-			/* Quiet network, no fault or migration possible any more:
-			 * the ends must agree on the attachment ... */
+			/* Quiet network and no fault or migration can happen any
+			 * more: the ends must agree on the current attachment ... */
 			assert(cst == C_ATT && clink == cv && sess == S_OPEN && slink && scur == cv);
-			/* ... and agreement with nothing left to do is impossible
-			 * (the client would ping or close), so this is a stall. */
+			/* ... and agreeing with nothing left to do is impossible (the
+			 * client would ping or close), so this is a stalled stream. */
 			assert(false)
 		fi }
 
@@ -309,12 +351,17 @@ proctype Client()
 
 	if
 	:: cst == C_DONE ->
-		/* orderly close: both ends closed, every item delivered once */
+		/* orderly close: both ends closed, every item delivered */
 		assert(sess == S_CLOSED && crecv == N && cacked == N && srecv == N)
 	:: cst == C_FAILED ->
-		/* the client reports "could not establish": nothing was delivered */
+		/* "could not establish" reported: nothing was delivered */
 		assert(srecv == 0)
-	fi
+	fi;
+	clink = NONE;
+end_client:
+	do  /* gone: whatever still arrives is ignored */
+	:: s2c ? t, v, o, x -> t = 0; v = 0; o = 0; x = 0
+	od
 }
 
 proctype Server()
@@ -323,6 +370,7 @@ proctype Server()
 	byte v, o, x;
 	mtype t2;
 	byte v2, o2, x2;
+	byte k, w;       /* burst cursor and value */
 
 end_server:
 	do
@@ -339,45 +387,52 @@ end_server:
 				/* a stale attach never supersedes a newer one */
 				assert(v > scur);
 				spend = v; shigh = v;
-				/* the stated offset is an ack (possibly old) */
-				#ifdef LITERAL_RESUME
-				assert(o >= sacked);    /* sender still holds the bytes it must resend */
-				#endif
-				sacked = MAX(sacked, o);
-				ssent = MAX(ssent, sacked);
-				spsent = RESUME(o, sacked);
-				snd(s2c, ATT_ACC, v, srecv, 0)
+#ifdef LITERAL_RESUME
+				assert(o >= sacked);    /* the bytes to resend are still held */
+#endif
+				x = RESUME(o, sacked);
+				sacked = MAX(sacked, o);   /* the stated offset is an ack */
+				snd(s2c, ATT_ACC, v, srecv, 0);
+				/* retransmission under the new keys, before the commit */
+				ssend_from(spend, x)
 			fi
 		:: t == CONFIRM || t == DATA || t == ACK || t == PING || t == CLOSE ->
-			/* an encrypted record: which keys (if any) open it? */
+			/* an encrypted record: which keys, if any, open it? */
 			if
 			:: sess == S_NONE && v == 0 ->
-				/* the client's confirm on the handshake link creates
-				 * the session; the server proves it with a record */
-				sess = S_OPEN; scur = 0; shigh = 0; slink = true; ssent = 0;
-				snd(s2c, ACK, 0, srecv, 0)
+				/* the confirm on the handshake link creates the session;
+				 * the server proves it with a record of its own */
+				sess = S_OPEN; scur = 0; shigh = 0; slink = true;
+				snd(s2c, ACK, 0, srecv, 0);
+				ssend_from(0, 0)
 			:: sess == S_OPEN && spend != NONE && v == spend ->
 				/* first record under the pending keys: commit */
 				assert(v > scur);
-				scur = v; slink = true; ssent = spsent; spend = NONE;
+				scur = v; slink = true; spend = NONE;
 				sprog = true
 			:: else
 			fi;
 			if
 			:: sess == S_OPEN && slink && v == scur ->
 				if
-				:: t == CONFIRM || t == ACK ->
-					sacked = MAX(sacked, o); ssent = MAX(ssent, sacked)
+				:: t == CONFIRM || t == ACK -> sacked = MAX(sacked, o)
 				:: t == DATA ->
 					if
 					:: o == srecv ->
-						assert(x == srecv);      /* in order, exactly once */
-						assert(cst != C_FAILED);  /* not into a session the client gave up */
+						assert(x == srecv);        /* in order, exactly once */
+						assert(cst != C_FAILED);   /* not into a session the client gave up */
 						srecv++;
-						snd(s2c, ACK, v, srecv, 0);
+						if
+						:: srecv == N -> snd(s2c, ACK, v, srecv, 0)
+						:: else
+						fi;
 						sprog = true
-					:: o < srecv                   /* duplicate */
-					:: o > srecv -> slink = false  /* gap ends the link */
+					:: o < srecv ->                  /* duplicate: ack again */
+						if
+						:: srecv == N -> snd(s2c, ACK, v, srecv, 0)
+						:: else
+						fi
+					:: o > srecv -> slink = false    /* gap ends the link */
 					fi
 				:: t == PING -> snd(s2c, PONG, v, 0, 0)
 				:: t == CLOSE ->
@@ -396,19 +451,11 @@ end_server:
 		:: else
 		fi
 
-	:: atomic { sess == S_OPEN && slink && ssent < N ->
-		x = VAL(ssent, sacked);
-		snd(s2c, DATA, scur, ssent, x); ssent++; x = 0 }
-	/* the pending link retransmits at once, before the commit */
-	:: atomic { sess == S_OPEN && spend != NONE && spsent < N ->
-		x = VAL(spsent, sacked);
-		snd(s2c, DATA, spend, spsent, x); spsent++; x = 0 }
-
-	/* server suspended and resumed (or its address replaced): all link state
-	 * is lost, the session state (scur, shigh, offsets, unacked data) is kept */
+	/* server suspended and resumed, or its address replaced: all link state
+	 * is lost; session state (scur, shigh, offsets, unacked data) is kept */
 	:: atomic { CHAOS && sess == S_OPEN && (slink || spend != NONE) ->
 		slink = false; spend = NONE }
-	/* pending attach times out before the client's confirm arrives */
+	/* a pending attach times out before the client's confirm arrives */
 	:: atomic { CHAOS && spend != NONE -> spend = NONE }
 	od
 }
