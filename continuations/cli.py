@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Close a live session (through its owner) or "
                                "discard a suspended one.")
     drop.add_argument("id")
+    attr = commands.add_parser("attr", help="read or change a session's attributes",
+                               description="With only ID, list the attributes (secrets "
+                               "redacted); with KEY, print one; with KEY VALUE, set it "
+                               "(VALUE is JSON, else a string); --incr adds atomically.")
+    attr.add_argument("id")
+    attr.add_argument("key", nargs="?")
+    attr.add_argument("value", nargs="?")
+    attr.add_argument("--incr", type=int, metavar="N", help="add N to a numeric attribute")
+    attr.add_argument("--namespace", default="app", help="attribute namespace (default app)")
     commands.add_parser("gc", help="remove expired sessions and those whose owner died",
                         description="Remove sessions past their expiry, and live-marked "
                         "sessions whose owning process no longer runs.")
@@ -102,6 +111,9 @@ def _session_command(args: argparse.Namespace) -> int:
             return commands.cmd_drop(store, args.id)
         if args.command == "gc":
             return commands.cmd_gc(store)
+        if args.command == "attr":
+            return commands.cmd_attr(store, args.id, args.key, args.value, args.incr,
+                                     args.namespace)
     return 2
 
 

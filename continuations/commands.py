@@ -186,3 +186,36 @@ def cmd_gc(store: Store) -> int:
     print(f"removed {len(expired)} expired and {len(orphaned)} orphaned sessions "
           "(owner died without suspending)")
     return 0
+
+
+def cmd_attr(store: Store, prefix: str, key: str | None, value: str | None, incr: int | None,
+             namespace: str) -> int:
+    record = find(store, prefix)
+    attrs = store.attributes(record.id, namespace)
+    if key is None:
+        for name, (kind, current) in sorted(attrs.items_with_kinds().items()):
+            shown = "<secret>" if kind is ValueKind.SECRET else json.dumps(current, default=str)
+            print(f"{name} = {shown}  (v{attrs.version(name)})")
+        return 0
+    if incr is not None:
+        def add(current: Any) -> Any:
+            if current is not None and not isinstance(current, int | float):
+                raise ContinuationsError(f"{key} is not a number")
+            return (current or 0) + incr
+
+        result = attrs.update(key, add, default=None)
+        print(json.dumps(result))
+        return 0
+    if value is None:
+        if attrs.is_secret(key):
+            print("<secret>")
+        else:
+            print(json.dumps(attrs.get(key, None), default=str))
+        return 0
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    version = attrs.set(key, parsed)
+    print(f"{key} = {json.dumps(parsed)}  (v{version})")
+    return 0
