@@ -213,3 +213,28 @@ def test_tampered_continuation_is_refused_before_unpickling(tmp_path: Path) -> N
             store.load_continuation(victim)
         assert store.continuation_info(other).size > 0  # the other session is fine
         assert store.load_continuation(other)
+
+
+def test_unserialisable_continuation_fails_cleanly_and_leaves_the_session_live(
+    tmp_path: Path,
+) -> None:
+    async def main() -> tuple[str, str, bool]:
+        runtime = Runtime("app", tmp_path / "store.db")
+        ctx = await live(tmp_path, runtime)
+        task = asyncio.ensure_future(asyncio.sleep(60))
+        runtime.on_disconnect("g")(lambda c: Continuation(noop, {"task": task}))
+        with pytest.raises(GeneratorError) as caught:
+            await runtime.suspend(ctx.session_id)
+        state = runtime.store.get_session(ctx.session_id).state
+        stream = ctx.session.open_stream()
+        stream.write(b"still attached")
+        stream.write_eof()
+        echoed = await stream.read()
+        task.cancel()
+        await ctx.session.close()
+        runtime.close()
+        return str(caught.value), state, echoed == b"still attached"
+
+    message, state, works = run(main())
+    assert "cannot be serialised" in message
+    assert state == "established" and works

@@ -53,6 +53,8 @@ class ControlServer:
             reply = {"ok": False, "error": f"bad request: {exc}"}
         except ContinuationsError as exc:
             reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         with contextlib.suppress(ConnectionError):
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()

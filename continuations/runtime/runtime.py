@@ -270,11 +270,9 @@ class Runtime:
         if outcome is BLOCK:
             return SuspendResult(session_id=session_id, status="blocked")
         assert isinstance(outcome, Continuation)
+        blob = self._serialise(outcome)  # before anything changes: a failure leaves all as is
         snapshot = self._detach(ctx)
         records = [{"name": name, **res.describe()} for name, res in ctx.resources.items()]
-        blob = dill.dumps(
-            {"tree": outcome, "generators": list(self.generators.values())}, recurse=True
-        )
         protocol = snapshot.encode()
         now = time.time()
         rate = ctx.session.delivery_rate
@@ -297,6 +295,20 @@ class Runtime:
             session_id=session_id, status="suspended", continuation_bytes=len(blob),
             protocol_bytes=len(protocol), elapsed=time.monotonic() - started,
         )
+
+    def _serialise(self, tree: Continuation) -> bytes:
+        # Generators that capture nothing travel with the continuation, so a resumed
+        # process can suspend again. Closures over live objects (tasks, sockets) cannot;
+        # the continuation registers those again itself.
+        portable = [g for g in self.generators.values() if not getattr(g.fn, "__closure__", None)]
+        try:
+            return bytes(dill.dumps({"tree": tree, "generators": portable}, recurse=True))
+        except (RecursionError, TypeError, ValueError, AttributeError,
+                dill.PicklingError) as exc:
+            raise GeneratorError(
+                f"the continuation cannot be serialised ({type(exc).__name__}: {exc}); "
+                "it must not hold live objects such as tasks, sockets or open files"
+            ) from exc
 
     def _detach(self, ctx: SessionContext) -> SessionSnapshot:
         if isinstance(ctx.session, ClientSession):
