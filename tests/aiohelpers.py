@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from continuations.aio import ClientSession, Server, ServerSession, connect, serve
+from continuations.errors import SessionError
 from continuations.protocol import SessionConfig
 from continuations.testing import ImpairmentRelay
 
@@ -36,10 +37,13 @@ async def echo_handler(session: ServerSession) -> None:
     """Echo every stream the client opens."""
 
     async def echo(stream: Any) -> None:
-        while data := await stream.read(1 << 20):
-            stream.write(data)
-            await stream.drain()
-        stream.write_eof()
+        try:
+            while data := await stream.read(1 << 20):
+                stream.write(data)
+                await stream.drain()
+            stream.write_eof()
+        except SessionError:
+            pass  # the client closed the whole session; nothing left to echo
 
     tasks = set()
     while True:

@@ -144,8 +144,8 @@ class Driver:
             proto = self.links.get(tx.link)
             if proto is None or proto.transport is None:
                 continue
-            if tx.data:
-                proto.transport.write(tx.data)
+            for record in tx.chunks:
+                proto.transport.write(record)
             if tx.close:
                 self.links.pop(tx.link, None)
                 proto.transport.close()

@@ -72,11 +72,18 @@ TRANSMIT_BUDGET = 1024 * 1024  # stream bytes per link per transmit() call
 
 @dataclass(frozen=True, slots=True)
 class Transmit:
-    """Bytes to write on a link; if ``close``, close it once they are written."""
+    """Records to write on a link, in order; if ``close``, close it once they are written.
+
+    ``chunks`` are whole records (write them one by one, no joining needed);
+    ``data`` is the same bytes in one piece."""
 
     link: LinkId
-    data: bytes
+    chunks: tuple[bytes | bytearray, ...]
     close: bool
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 class _Endpoint:
@@ -196,11 +203,11 @@ class _Endpoint:
             self._reap(session)
         for link_id, link in self._has_output.items():
             if link.out and link_id not in self._to_close:
-                out.append(Transmit(link_id, bytes(link.out), False))
+                out.append(Transmit(link_id, tuple(link.out), False))
                 link.out.clear()
         self._has_output.clear()
         for link_id, link in self._to_close.items():
-            out.append(Transmit(link_id, bytes(link.out), True))
+            out.append(Transmit(link_id, tuple(link.out), True))
             self._links.pop(link_id, None)
         self._to_close.clear()
         return out
@@ -212,7 +219,7 @@ class _Endpoint:
 
     def _queue(self, link: Link, rtype: RecordType, body: bytes) -> None:
         """A plaintext handshake record."""
-        link.out += encode_record(rtype, body)
+        link.out.append(encode_record(rtype, body))
         self._has_output[link.id] = link
 
     def _touched(self, session: Session) -> None:

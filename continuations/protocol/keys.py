@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -145,13 +145,19 @@ class Sealer:
         self._aead = ChaCha20Poly1305(key)
         self._counter = 0
 
-    def seal(self, plaintext: bytes) -> bytes:
+    def seal(self, parts: Sequence[bytes | memoryview]) -> bytearray:
+        """One whole record: the frames in ``parts``, encrypted straight into it."""
         if self._counter >= MAX_RECORDS_PER_KEY:
             raise AuthenticationError("record counter exhausted for this key")
-        header = record_header(RecordType.SEALED, len(plaintext) + 16)
+        plaintext = b"".join(parts) if len(parts) != 1 else parts[0]
+        size = len(plaintext) + 16
+        header = record_header(RecordType.SEALED, size)
+        record = bytearray(RECORD_HEADER + size)
+        record[:RECORD_HEADER] = header
         nonce = _NONCE.pack(self._counter)
         self._counter += 1
-        return header + self._aead.encrypt(nonce, plaintext, header)
+        self._aead.encrypt_into(nonce, plaintext, header, memoryview(record)[RECORD_HEADER:])
+        return record
 
 
 class Opener:

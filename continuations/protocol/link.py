@@ -51,7 +51,7 @@ class Link:
     handshake: Handshake = None
     sealer: Sealer | None = None
     opener: Opener | None = None
-    out: bytearray = field(default_factory=bytearray)
+    out: list[bytes | bytearray] = field(default_factory=list)  # whole records, in order
     writable: bool = True
     last_received: float = 0.0
     last_sent: float = 0.0

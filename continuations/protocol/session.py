@@ -500,7 +500,7 @@ class Session:
         sealer = link.sealer
         if sealer is None or link.closed:
             return 0
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         if link.needs_confirm or now - link.last_sent >= self.config.keepalive_interval:
             link.needs_confirm = False
             parts.append(encode_ping(link.next_ping(now)))
@@ -515,7 +515,7 @@ class Session:
                 if recv.received != stream.ack_sent or recv.wants_limit_update():
                     parts.append(encode_ack(stream.sid, recv.received, recv.new_limit()))
                     stream.ack_sent = recv.received
-        records: list[bytes] = []
+        records: list[bytearray] = []
         written = 0
         closing = False
         if sending:
@@ -526,16 +526,16 @@ class Session:
                 parts.append(encode_close(*self._closing))
                 closing = True
         if parts:
-            records.append(sealer.seal(b"".join(parts)))
+            records.append(sealer.seal(parts))
         if records:
-            link.out += b"".join(records)
+            link.out.extend(records)
             link.last_sent = now
         if closing and self._closing is not None:
             self._finish_close(*self._closing, by_peer=False)
         return written
 
     def _fill_stream_data(
-        self, link: Link, parts: list[bytes], records: list[bytes], budget: int
+        self, link: Link, parts: list[bytes | memoryview], records: list[bytearray], budget: int
     ) -> int:
         """Round-robin stream data into records of at most max_record_plaintext."""
         assert link.sealer is not None
@@ -552,7 +552,7 @@ class Session:
             while link.writable and written < budget and send.has_pending():
                 room = max_plain - size - STREAM_FRAME_OVERHEAD
                 if room < 512:
-                    records.append(link.sealer.seal(b"".join(parts)))
+                    records.append(link.sealer.seal(parts))
                     parts.clear()
                     size = 0
                     continue

@@ -7,16 +7,24 @@ Offsets are 64-bit byte positions in the stream. As in TCP, the end of stream
 
 from __future__ import annotations
 
+from collections import deque
+
 from continuations.errors import FrameError, SessionLostError, StreamStateError
 
 
 class SendStream:
-    """Every byte not yet acknowledged, and where sending on the current link stands."""
+    """Every byte not yet acknowledged, and where sending on the current link stands.
 
-    __slots__ = ("_base", "_buf", "acked", "fin", "limit", "next")
+    The bytes are kept as the chunks the application wrote (no growing buffer to
+    copy, no front to trim): an ack drops whole chunks, and ``take`` hands out a
+    zero-copy view when the span lies in one chunk.
+    """
+
+    __slots__ = ("_base", "_chunks", "_size", "acked", "fin", "limit", "next")
 
     def __init__(self, initial_limit: int) -> None:
-        self._buf = bytearray()  # data bytes from position `_base` up to the write position
+        self._chunks: deque[memoryview] = deque()  # data from position `_base` onwards
+        self._size = 0
         self._base = 0  # = min(acked, written): the FIN's position holds no byte
         self.acked = 0  # the peer has received everything below this position
         self.next = 0  # next position to send on the current link
@@ -29,7 +37,9 @@ class SendStream:
             raise FrameError("inconsistent send-stream snapshot")
         stream = cls(limit)
         stream._base = base
-        stream._buf = bytearray(unacked)
+        if unacked:
+            stream._chunks.append(memoryview(unacked))
+            stream._size = len(unacked)
         stream.acked = acked
         stream.next = acked
         stream.fin = fin
@@ -40,11 +50,11 @@ class SendStream:
         return self._base
 
     def unacked_bytes(self) -> bytes:
-        return bytes(self._buf)
+        return b"".join(self._chunks)
 
     @property
     def written(self) -> int:
-        return self._base + len(self._buf)
+        return self._base + self._size
 
     @property
     def end(self) -> int:
@@ -53,12 +63,14 @@ class SendStream:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._size
 
     def write(self, data: bytes, fin: bool) -> None:
         if self.fin:
             raise StreamStateError("stream already ended; cannot write")
-        self._buf += data
+        if data:
+            self._chunks.append(memoryview(data))
+            self._size += len(data)
         self.fin = fin
 
     def done(self) -> bool:
@@ -69,24 +81,51 @@ class SendStream:
             return self.next < self.limit
         return self.fin and self.next == self.written
 
-    def take(self, max_len: int) -> tuple[int, bytes, bool]:
+    def take(self, max_len: int) -> tuple[int, bytes | memoryview, bool]:
         """Next chunk to send: (offset, data, fin). Call only when has_pending()."""
         start = self.next
         stop = min(self.written, self.limit, start + max_len)
-        base = self._base
-        data = bytes(self._buf[start - base : stop - base]) if stop > start else b""
+        data: bytes | memoryview = b""
+        if stop > start:
+            data = self._slice(start - self._base, stop - self._base)
         fin = self.fin and stop == self.written
         self.next = stop + (1 if fin else 0)
         return start, data, fin
+
+    def _slice(self, lo: int, hi: int) -> bytes | memoryview:
+        pos = 0
+        parts: list[memoryview] = []
+        for chunk in self._chunks:
+            end = pos + len(chunk)
+            if end > lo:
+                part = chunk[max(0, lo - pos) : min(len(chunk), hi - pos)]
+                if not parts and end >= hi:
+                    return part  # the common case: one chunk, no copy
+                parts.append(part)
+                if end >= hi:
+                    break
+            pos = end
+        return b"".join(parts)
 
     def on_ack(self, received: int, limit: int) -> None:
         """The peer has everything below `received` and accepts data below `limit`."""
         if received > self.end:
             raise FrameError("peer acknowledged data that was never sent")
         if received > self.acked:
-            new_base = min(received, self.written)
-            del self._buf[: new_base - self._base]
-            self._base = new_base
+            drop = min(received, self.written) - self._base
+            chunks = self._chunks
+            while drop and chunks:
+                first = chunks[0]
+                if len(first) <= drop:
+                    chunks.popleft()
+                    drop -= len(first)
+                    self._size -= len(first)
+                    self._base += len(first)
+                else:
+                    chunks[0] = first[drop:]
+                    self._size -= drop
+                    self._base += drop
+                    drop = 0
             self.acked = received
             self.next = max(self.next, received)
         self.limit = max(self.limit, limit)

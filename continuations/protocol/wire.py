@@ -57,37 +57,48 @@ def encode_record(rtype: RecordType, body: bytes) -> bytes:
 class RecordDecoder:
     """Splits a byte stream into records, refusing oversized or unknown ones early."""
 
-    __slots__ = ("_buf", "_max_body")
+    __slots__ = ("_buf", "_max_body", "_pos")
 
     def __init__(self, max_body: int = MAX_RECORD_BODY) -> None:
         self._buf = bytearray()
+        self._pos = 0  # records before this offset are consumed
         self._max_body = min(max_body, MAX_RECORD_BODY)
 
     def feed(self, data: bytes) -> None:
+        if self._pos:
+            # Drop what was consumed now and then, not after every record: shifting the
+            # buffer once per record would copy it over and over.
+            if self._pos == len(self._buf):
+                self._buf.clear()
+                self._pos = 0
+            elif self._pos >= 1 << 20:
+                del self._buf[: self._pos]
+                self._pos = 0
         self._buf += data
 
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def next_record(self) -> tuple[RecordType, bytes, bytes] | None:
         """Return (type, header, body) of the next whole record, or None if more is needed."""
         buf = self._buf
-        if len(buf) < RECORD_HEADER:
+        pos = self._pos
+        if len(buf) - pos < RECORD_HEADER:
             return None
-        raw_type = buf[0]
+        raw_type = buf[pos]
         try:
             rtype = RecordType(raw_type)
         except ValueError:
             raise FrameError(f"unknown record type 0x{raw_type:02x}") from None
-        length = (buf[1] << 16) | (buf[2] << 8) | buf[3]
+        length = (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
         if length > self._max_body:
             raise FrameError(f"record length {length} exceeds the limit {self._max_body}")
-        end = RECORD_HEADER + length
+        end = pos + RECORD_HEADER + length
         if len(buf) < end:
             return None
-        header = bytes(buf[:RECORD_HEADER])
-        body = bytes(buf[RECORD_HEADER:end])
-        del buf[:end]
+        header = bytes(buf[pos : pos + RECORD_HEADER])
+        body = bytes(buf[pos + RECORD_HEADER : end])
+        self._pos = end
         return rtype, header, body
 
 
