@@ -42,7 +42,10 @@ MiB = 1024 * 1024
 def mark_resumed(state: dict[str, Any], conditions: NetworkConditions,
                  ctx: SessionContext) -> None:
     """The benchmark's continuation: note when it ran (importable, so by reference)."""
-    Path(state["marker"]).write_text(repr(time.time()))
+    marker = Path(state["marker"])
+    partial = marker.with_suffix(".partial")
+    partial.write_text(repr(time.time()))
+    os.replace(partial, marker)  # the reader never sees it half-written
 
 
 async def _hold(session: ServerSession) -> None:

@@ -167,7 +167,7 @@ class AsyncSession:
                     st,
                     unacked=st.unacked + waiting,
                     fin=st.fin or stream._pending_eof,
-                    unread=bytes(stream._buffer),
+                    unread=b"".join(stream._chunks),
                 )
             )
         return replace(snap, streams=tuple(streams))
@@ -175,7 +175,7 @@ class AsyncSession:
     def _thaw_streams(self, snap: SessionSnapshot) -> None:
         for st in snap.streams:
             stream = SessionStream(self, st.stream_id)
-            stream._buffer += st.unread
+            stream._feed(st.unread, False)
             stream._eof = st.final is not None and st.received == st.final + 1
             stream._eof_written = st.fin
             self._streams[st.stream_id] = stream

@@ -23,7 +23,8 @@ class SessionStream:
     def __init__(self, session: AsyncSession, stream_id: int) -> None:
         self._session = session
         self.stream_id = stream_id
-        self._buffer = bytearray()
+        self._chunks: deque[bytes | memoryview] = deque()  # received, not yet read
+        self._buffered = 0
         self._eof = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._pending: deque[bytes] = deque()
@@ -34,7 +35,9 @@ class SessionStream:
     # --- reading --------------------------------------------------------------------------
 
     def _feed(self, data: bytes, end: bool) -> None:
-        self._buffer += data
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
         if end:
             self._eof = True
         self._wake_reader()
@@ -54,11 +57,37 @@ class SessionStream:
         self._session._raise_if_failed(allow_closed=True)
 
     def _take(self, n: int) -> bytes:
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
+        """Up to ``n`` buffered bytes; a whole chunk is handed over without a copy."""
+        chunks = self._chunks
+        parts: list[bytes | memoryview] = []
+        want = n
+        while want and chunks:
+            first = chunks[0]
+            if len(first) <= want:
+                parts.append(chunks.popleft())
+                want -= len(first)
+            else:
+                view = memoryview(first)  # the rest stays a view: no copy per partial read
+                parts.append(view[:want])
+                chunks[0] = view[want:]
+                want = 0
+        only = parts[0] if len(parts) == 1 else None
+        data = only if isinstance(only, bytes) else b"".join(parts)
         if data:
+            self._buffered -= len(data)
             self._session._consumed(self.stream_id, len(data))
         return data
+
+    def _peek_all(self) -> bytes:
+        """Everything buffered, as one bytes object (kept, so the next peek is free)."""
+        chunks = self._chunks
+        if len(chunks) == 1 and isinstance(chunks[0], bytes):
+            return chunks[0]
+        joined = b"".join(chunks)
+        chunks.clear()
+        if joined:
+            chunks.append(joined)
+        return joined
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all until end of stream if ``n`` < 0); b"" at end of stream."""
@@ -67,30 +96,33 @@ class SessionStream:
         if n < 0:
             while not self._eof:
                 await self._wait_for_data()
-            return self._take(len(self._buffer))
-        while not self._buffer and not self._eof:
+            return self._take(self._buffered)
+        while not self._buffered and not self._eof:
             await self._wait_for_data()
         return self._take(n)
 
     async def readexactly(self, n: int) -> bytes:
-        while len(self._buffer) < n:
+        while self._buffered < n:
             if self._eof:
-                partial = self._take(len(self._buffer))
+                partial = self._take(self._buffered)
                 raise asyncio.IncompleteReadError(partial, n)
             await self._wait_for_data()
         return self._take(n)
 
     async def readline(self) -> bytes:
+        searched = 0
         while True:
-            end = self._buffer.find(b"\n")
+            pending = self._peek_all()
+            end = pending.find(b"\n", searched)
             if end >= 0:
                 return self._take(end + 1)
+            searched = len(pending)
             if self._eof:
-                return self._take(len(self._buffer))
+                return self._take(self._buffered)
             await self._wait_for_data()
 
     def at_eof(self) -> bool:
-        return self._eof and not self._buffer
+        return self._eof and not self._buffered
 
     # --- writing --------------------------------------------------------------------------
 
