@@ -84,3 +84,24 @@ def test_a_captured_unconfirmed_request_works_only_once() -> None:
         else:
             assert record[0] is RecordType.REJECT
             assert Reject.decode(record[2]).code == RejectCode.STALE_VERSION
+
+
+def test_a_server_that_parked_the_session_says_retry_not_gone() -> None:
+    from continuations.protocol import AttachRejected, SessionState
+    from continuations.protocol.wire import RejectCode
+
+    net = Net(14)
+    net.connect()
+    net.pump()
+    snap = net.server.suspend_session(net.client.session.id)  # suspended to disk
+    net.pump()
+    for _ in range(3):
+        net.connect()
+        net.pump()
+    last = net.events_of("client", AttachRejected)[-1]
+    assert last.code == RejectCode.SUSPENDED and last.authentic
+    assert net.client.session.state is SessionState.DISCONNECTED  # still waiting, not lost
+    net.server.restore_session(snap, net.now)
+    net.connect()
+    net.pump()
+    assert net.client.session.state is SessionState.ESTABLISHED

@@ -452,6 +452,9 @@ class ServerEndpoint(_Endpoint):
         self._host_key = host_key
         self.host_public = public_bytes(host_key)
         self.sessions: dict[bytes, Session] = {}
+        # Sessions this server suspended to disk: not unknown, only away. A client that
+        # comes back meanwhile is told to retry, never that the session is gone.
+        self.parked: set[bytes] = set()
         self._unbound: dict[LinkId, Link] = {}  # links with no session yet: handshake limits
         # Hellos answered but not yet confirmed, oldest first. If the link dies before the
         # client's confirm arrives, the client already holds the keys and will re-attach;
@@ -482,6 +485,7 @@ class ServerEndpoint(_Endpoint):
         snap = session.snapshot(session.attach_version, unread)
         session.detach_all()
         del self.sessions[session_id]
+        self.parked.add(session_id)
         self._scheduled.pop(id(session), None)
         return snap
 
@@ -492,6 +496,7 @@ class ServerEndpoint(_Endpoint):
         session = self._new_session(Role.SERVER, now)
         session.restore(snapshot, now)
         self.sessions[session.id] = session
+        self.parked.discard(session.id)
         self._schedule(session)
         return session
 
@@ -619,7 +624,9 @@ class ServerEndpoint(_Endpoint):
     def _answer_attach(self, link: Link, request: AttachRequest, now: float) -> None:
         session = self.sessions.get(request.session_id) or self._hatch(request, link, now)
         if session is None or session.finished:
-            self._reject(link, RejectCode.UNKNOWN_SESSION, request)
+            code = (RejectCode.SUSPENDED if request.session_id in self.parked
+                    else RejectCode.UNKNOWN_SESSION)
+            self._reject(link, code, request)
             return
         if request.attach_version <= max(session.attach_version, session.offered_version):
             self._reject(link, RejectCode.STALE_VERSION, request)

@@ -305,6 +305,7 @@ class RejectCode:
     UNSUPPORTED_VERSION = 4
     BUSY = 5
     MALFORMED = 6
+    SUSPENDED = 7
 
 
 REJECT_REASONS = {
@@ -314,6 +315,7 @@ REJECT_REASONS = {
     RejectCode.UNSUPPORTED_VERSION: "unsupported protocol version",
     RejectCode.BUSY: "server busy (too many pending handshakes)",
     RejectCode.MALFORMED: "malformed handshake",
+    RejectCode.SUSPENDED: "session suspended to disk on the server; try again later",
 }
 
 

@@ -106,6 +106,9 @@ class Runtime:
         ``continuations show/suspend/drop`` reach its live sessions."""
         self._control = ControlServer(self)
         self.control_path = str(await self._control.start())
+        expired = self.store.expire_sessions(time.time())  # LOST: past their expiry
+        if expired:
+            log.info("removed %d expired sessions", len(expired))
         return self.control_path
 
     # --- registration ---------------------------------------------------------------------
