@@ -182,6 +182,47 @@ inline ssend_from(lnk, from) {
 	k = 0; w = 0
 }
 
+/*
+ * Dead traffic.  A message that its receiver ignores now and will ignore for
+ * ever (it belongs to a link that is gone, answers a request the client has
+ * given up, ...) changes nothing when it arrives; it only makes states that
+ * differ in such leftovers look different.  So after every step the network
+ * forgets those messages, as it forgets the packets of a closed connection.
+ * Nothing is lost that a receiver would act on: ATT_REQs that could still
+ * create a pending attach, records under keys someone may still hold, and
+ * answers to the client's current attempt all stay.
+ */
+#define C2S_DEAD(mt, ver) \
+	((mt == HELLO && cst != C_HELLO) || \
+	 (mt == ATT_REQ && ver <= shigh && ver < cv && sess == S_OPEN) || \
+	 (mt != HELLO && mt != ATT_REQ && \
+	  !(ver == spend || (ver == scur && slink) || (sess == S_NONE && ver == 0))))
+#define S2C_DEAD(mt, ver) \
+	(cst == C_DONE || cst == C_FAILED || \
+	 (mt == HELLO_OK && cst != C_HELLO) || \
+	 ((mt == ATT_ACC || mt == REJECT) && (ver != cv || cst != C_REATT)) || \
+	 (mt != HELLO_OK && mt != ATT_ACC && mt != REJECT && \
+	  ver != clink && !(ver == cv && cst == C_REATT)))
+
+#define PURGE(ch, DEAD) \
+	k = len(ch); \
+	do \
+	:: k > 0 -> \
+		ch ? t2, v2, o2, x2; \
+		if \
+		:: DEAD(t2, v2) \
+		:: else -> ch ! t2, v2, o2, x2 \
+		fi; \
+		k-- \
+	:: else -> break \
+	od; \
+	t2 = 0; v2 = 0; o2 = 0; x2 = 0
+#ifdef NO_PURGE
+#define purge() skip
+#else
+#define purge() PURGE(c2s, C2S_DEAD); PURGE(s2c, S2C_DEAD)
+#endif
+
 /* the client starts attachment cv+1 (its old link, if any, stays up) */
 inline reattach() {
 	cv++;
@@ -209,7 +250,7 @@ proctype Client()
 	byte v2, o2, x2;
 	byte k, w;       /* burst cursor and value */
 
-	atomic { snd(c2s, HELLO, 0, 0, 0) }
+	atomic { snd(c2s, HELLO, 0, 0, 0); purge() }
 	do
 	:: atomic { nempty(s2c) && cst != C_DONE && cst != C_FAILED -> rcv(s2c);
 		if
@@ -235,10 +276,8 @@ proctype Client()
 				x = RESUME(o, cacked);
 				cacked = MAX(cacked, o);
 				snd(c2s, CONFIRM, v, crecv, 0);
-				if
-				:: cestab -> csend_from(x)
-				:: else -> established()
-				fi;
+				cestab = true;     /* an accept proves the session exists */
+				csend_from(x);
 				if
 				:: cclosing -> snd(c2s, CLOSE, v, crecv, 0)
 				:: else
@@ -310,7 +349,8 @@ proctype Client()
 			fi
 		:: else
 		fi;
-		t = 0; v = 0; o = 0; x = 0 }
+		t = 0; v = 0; o = 0; x = 0;
+		purge() }
 		/* progress states have to be real states, not inside an atomic step */
 		if
 		:: cprog -> progress_client: cprog = false
@@ -319,18 +359,19 @@ proctype Client()
 
 	/* idle (everything delivered both ways): heartbeat or orderly close */
 	:: atomic { cst == C_ATT && cestab && !cclosing && !cping && cacked == N && crecv == N ->
-		cping = true; snd(c2s, PING, clink, 0, 0) }
+		cping = true; snd(c2s, PING, clink, 0, 0); purge() }
 	:: atomic { cst == C_ATT && cestab && !cclosing && !cping && cacked == N && crecv == N ->
-		cclosing = true; snd(c2s, CLOSE, clink, crecv, 0) }
+		cclosing = true; snd(c2s, CLOSE, clink, crecv, 0); purge() }
 
-	/* migration, or a spurious dead-path timeout, with the old link still up
-	 * (suspension followed by re-attach covers the old link being down) */
-	:: atomic { CHAOS && (cst == C_ATT || cst == C_REATT) -> reattach() }
-	/* client suspended and resumed: link state lost, session state kept */
-	:: atomic { CHAOS && (cst == C_ATT || cst == C_REATT) ->
-		clink = NONE; cping = false; cst = C_DEAD }
+	/* migration, or a spurious dead-path timeout, with the old link still up */
+	:: atomic { CHAOS && (cst == C_ATT || cst == C_REATT) -> reattach(); purge() }
+	/* client suspended and resumed: link state (keys, pending attempt) is
+	 * lost, session state kept; on resume it re-attaches at once.  Doing both
+	 * in one step loses nothing: while suspended the client sends nothing and
+	 * ignores everything, and the server cannot tell when the request left. */
+	:: atomic { CHAOS && (cst == C_ATT || cst == C_REATT) -> clink = NONE; reattach(); purge() }
 	/* the link is dead (rejected attach, gap, suspension): re-attach */
-	:: atomic { cst == C_DEAD && CHAOS -> reattach() }
+	:: atomic { cst == C_DEAD && CHAOS -> reattach(); purge() }
 
 	/* genuine timeout: nothing in the whole system can move */
 	:: atomic { timeout ->
@@ -344,7 +385,8 @@ proctype Client()
 			/* ... and agreeing with nothing left to do is impossible (the
 			 * client would ping or close), so this is a stalled stream. */
 			assert(false)
-		fi }
+		fi;
+		purge() }
 
 	:: cst == C_DONE || cst == C_FAILED -> break
 	od;
@@ -445,7 +487,8 @@ end_server:
 			fi
 		:: else
 		fi;
-		t = 0; v = 0; o = 0; x = 0 }
+		t = 0; v = 0; o = 0; x = 0;
+		purge() }
 		if
 		:: sprog -> progress_server: sprog = false
 		:: else
@@ -454,9 +497,9 @@ end_server:
 	/* server suspended and resumed, or its address replaced: all link state
 	 * is lost; session state (scur, shigh, offsets, unacked data) is kept */
 	:: atomic { CHAOS && sess == S_OPEN && (slink || spend != NONE) ->
-		slink = false; spend = NONE }
+		slink = false; spend = NONE; purge() }
 	/* a pending attach times out before the client's confirm arrives */
-	:: atomic { CHAOS && spend != NONE -> spend = NONE }
+	:: atomic { CHAOS && spend != NONE -> spend = NONE; purge() }
 	od
 }
 
