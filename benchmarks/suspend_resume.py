@@ -17,8 +17,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +33,13 @@ if __package__ in (None, ""):
 from common import Options, Outcome, median, table
 
 from continuations.aio import ServerSession, connect, serve
-from continuations.runtime import Continuation, NetworkConditions, Runtime, SessionContext
+from continuations.runtime import (
+    Continuation,
+    NetworkConditions,
+    Runtime,
+    SessionContext,
+    forkserver,
+)
 from continuations.store import SessionRecord, Store
 
 NAME = "suspend_resume"
@@ -123,10 +131,29 @@ async def _latencies(trials: int, workdir: Path) -> dict[str, Any]:
 
 def _resume_in_new_processes(ids: list[str], store_path: Path,
                              workdir: Path) -> dict[str, list[float]]:
-    resumed, python_only = [], []
+    """Half the sessions through the resumer (forked), half through a cold launcher."""
+    resumed, python_only, forked = [], [], []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")])}
-    for index, sid in enumerate(ids):
+    half = len(ids) // 2
+    warm = [(half + k, sid) for k, sid in enumerate(ids[half:])]
+    forkserver.ensure_running()  # its start-up (imports) is the cold path, measured below
+    for index, sid in warm:
+        marker = workdir / f"marker-{10_000 + index}"
+        start = time.time()
+        pid = forkserver.fork_resume({"session": sid, "store": str(store_path),
+                                      "log": str(workdir / "launch.log")})
+        deadline = start + 30
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.0005)
+        if not marker.exists():
+            raise RuntimeError("resume through the resumer failed: "
+                               + (workdir / "launch.log").read_text()[-2000:])
+        forked.append(float(marker.read_text()) - start)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    forkserver.stop()
+    for index, sid in enumerate(ids[:half]):
         start = time.time()
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         python_only.append(time.time() - start)
@@ -147,7 +174,8 @@ def _resume_in_new_processes(ids: list[str], store_path: Path,
         resumed.append(float(marker.read_text()) - start)
         proc.terminate()
         proc.wait(timeout=10)
-    return {"resume_new_process": resumed, "python_startup": python_only}
+    return {"resume_new_process": resumed, "python_startup": python_only,
+            "resume_forked": forked}
 
 
 def _lookup(count: int, workdir: Path, samples: int = 500) -> float:
@@ -174,7 +202,7 @@ def _lookup(count: int, workdir: Path, samples: int = 500) -> float:
 
 
 def run(options: Options) -> Outcome:
-    trials = options.repeats(5, 15)
+    trials = max(2, options.repeats(6, 16))  # half cold, half through the resumer
     data = asyncio.run(_latencies(trials, options.workdir))
     big = 20_000 if options.quick else 100_000
     small_lookup = _lookup(1000, options.workdir)
@@ -187,7 +215,11 @@ def run(options: Options) -> Outcome:
          f"{median(data['resume_local']) * ms:.1f} ms",
          f"fresh connect() {median(data['fresh_connect']) * ms:.1f} ms",
          f"{median(data['resume_local']) / median(data['fresh_connect']):.2f}x"],
-        ["resume into a new process",
+        ["resume into a new process, forked by the resumer",
+         f"{median(data['resume_forked']) * ms:.1f} ms",
+         f"python -c pass {median(data['python_startup']) * ms:.0f} ms",
+         f"{median(data['resume_forked']) / median(data['python_startup']):.2f}x"],
+        ["resume into a new process, cold start (no resumer)",
          f"{median(data['resume_new_process']) * ms:.0f} ms",
          f"python -c pass {median(data['python_startup']) * ms:.0f} ms",
          f"{median(data['resume_new_process']) / median(data['python_startup']):.1f}x"],

@@ -17,6 +17,7 @@ from typing import Any
 from continuations.errors import ContinuationError, ContinuationsError, NotFoundError
 from continuations.paths import state_dir
 from continuations.runtime.control import request
+from continuations.runtime.forkserver import fork_resume
 from continuations.store import SessionRecord, Store, ValueKind
 
 LIVE = ("established", "disconnected", "resuming")
@@ -137,34 +138,34 @@ def cmd_resume(store: Store, prefix: str, local_host: str | None, foreground: bo
     record = find(store, prefix)
     if record.state != "suspended":
         raise ContinuationError(f"session {record.id} is {record.state}, not suspended")
-    args = [sys.executable, "-m", "continuations.runtime.launch", record.id,
-            "--store", str(store.path)]
-    if local_host:
-        args += ["--local-host", local_host]
     if foreground:
-        return subprocess.call(args)
+        args = [sys.executable, "-m", "continuations.runtime.launch", record.id,
+                "--store", str(store.path)]
+        if local_host:
+            args += ["--local-host", local_host]
+        return subprocess.call(args, cwd=record.meta.get("cwd"))
     logs = state_dir() / "logs"
     logs.mkdir(mode=0o700, exist_ok=True)
     log_path = logs / f"{record.id}.log"
-    with open(log_path, "ab") as log:
-        os.chmod(log_path, 0o600)
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, cwd=record.meta.get("cwd"))
+    # A new process forked from the resumer, which has everything imported already.
+    pid = fork_resume({"session": record.id, "store": str(store.path),
+                       "local_host": local_host, "log": str(log_path),
+                       "cwd": record.meta.get("cwd")})
     deadline = time.monotonic() + RESUME_WAIT
     while time.monotonic() < deadline:
         current = store.get_session(record.id)
-        if current.state in ("established", "disconnected") and current.pid == proc.pid:
-            print(f"resumed {record.id} in pid {proc.pid} (log: {log_path})")
+        if current.state in ("established", "disconnected") and current.pid == pid:
+            print(f"resumed {record.id} in pid {pid} (log: {log_path})")
             return 0
-        if proc.poll() is not None:
+        if not _alive(pid):
             tail = Path(log_path).read_text(errors="replace").strip().splitlines()[-1:]
             raise ContinuationError(
                 f"resume of {record.id} failed: {tail[0] if tail else 'no output'} "
                 f"(log: {log_path})"
             )
-        time.sleep(0.05)
+        time.sleep(0.01)
     raise ContinuationError(f"resume of {record.id} did not finish in {RESUME_WAIT:g} s "
-                            f"(pid {proc.pid}, log: {log_path})")
+                            f"(pid {pid}, log: {log_path})")
 
 
 def cmd_drop(store: Store, prefix: str) -> int:

@@ -26,6 +26,14 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):  # type
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def stop_resumer(env: dict[str, str]) -> None:
+    """The resumer (forkserver) that `continuations resume` started must not outlive us."""
+    subprocess.run(
+        [sys.executable, "-c", "from continuations.runtime import forkserver; forkserver.stop()"],
+        env=env, timeout=30, check=True,
+    )
+
+
 def cli(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "continuations", "--store", str(store), *args],
@@ -51,6 +59,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, object]]:
                 proc.kill()
             proc.wait(timeout=10)
         sink.close()
+        stop_resumer(env)
         subprocess.run(["pkill", "-f", str(APPS / "child.py") + " " + str(tmp_path)],
                        check=False)
 
