@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +28,14 @@ def test_demo_runs_and_reports_every_event(tmp_path: Path) -> None:
 
 
 def test_help_everywhere() -> None:
-    for args in (["--help"], ["demo", "--help"]):
-        done = cli(*args)
-        assert done.returncode == 0
-        assert "usage: continuations" in done.stdout
+    top = cli("--help")
+    assert top.returncode == 0
+    commands = re.findall(r"^    ([a-z][\w-]*)\s{2,}\S", top.stdout, flags=re.M)
+    assert {"demo", "list", "show", "suspend", "resume", "drop", "attr", "gc"} <= set(commands)
+    for name in commands:
+        done = cli(name, "--help")
+        assert done.returncode == 0, name
+        assert f"usage: continuations {name}" in done.stdout
 
 
 def test_bad_arguments_give_one_clear_line_and_nonzero_status() -> None:
