@@ -157,10 +157,18 @@ inline rcv(ch) {
 	if
 	:: ch ? t, v, o, x
 	:: FAULT && len(ch) >= 2 ->
-		/* the second message overtakes the first */
-		nfault++;
-		ch ? t2, v2, o2, x2; ch ? t, v, o, x; ch ! t2, v2, o2, x2;
-		t2 = 0; v2 = 0; o2 = 0; x2 = 0
+		/* Links are independent TCP connections: the oldest message of
+		 * another link may overtake everything queued before it.  Within
+		 * a link TCP keeps the order (and a record out of order would
+		 * fail its AEAD sequence check, i.e. a dead link: loss covers it). */
+		ch ? <t2, v2, o2, x2>;
+		select(vv : 0 .. MAXV);
+		if
+		:: vv != v2 && ch ?? [t, eval(vv), o, x] ->
+			ch ?? t, eval(vv), o, x; v = vv; nfault++
+		:: else -> ch ? t, v, o, x
+		fi;
+		vv = 0; t2 = 0; v2 = 0; o2 = 0; x2 = 0
 	fi
 }
 
@@ -189,12 +197,16 @@ inline ssend_from(lnk, from) {
  * differ in such leftovers look different.  So after every step the network
  * forgets those messages, as it forgets the packets of a closed connection.
  * Nothing is lost that a receiver would act on: ATT_REQs that could still
- * create a pending attach, records under keys someone may still hold, and
- * answers to the client's current attempt all stay.
+ * create a pending attach (kept unless v <= current, which any server rule
+ * rejects for ever), records under keys that an end holds or may still get
+ * (a superseded or timed-out pending attach never comes back with the same
+ * keys: a new ATTACH_ACCEPT means a new server ephemeral), and answers to
+ * the client's current attempt all stay.
  */
 #define C2S_DEAD(mt, ver) \
 	((mt == HELLO && cst != C_HELLO) || \
-	 (mt == ATT_REQ && ver <= shigh && ver < cv && sess == S_OPEN) || \
+	 (mt == ATT_REQ && ver < cv && \
+	  (sess == S_CLOSED || (sess == S_OPEN && ver <= scur))) || \
 	 (mt != HELLO && mt != ATT_REQ && \
 	  !(ver == spend || (ver == scur && slink) || (sess == S_NONE && ver == 0))))
 #define S2C_DEAD(mt, ver) \
@@ -249,6 +261,7 @@ proctype Client()
 	mtype t2;
 	byte v2, o2, x2;
 	byte k, w;       /* burst cursor and value */
+	byte vv;         /* link chosen to overtake */
 
 	atomic { snd(c2s, HELLO, 0, 0, 0); purge() }
 	do
@@ -413,6 +426,7 @@ proctype Server()
 	mtype t2;
 	byte v2, o2, x2;
 	byte k, w;       /* burst cursor and value */
+	byte vv;         /* link chosen to overtake */
 
 end_server:
 	do

@@ -94,12 +94,37 @@ class ManagedFile:
         return cls(path, record["mode"], handle, st.st_dev, st.st_ino, record["offset"])
 
 
+class _HeldSocket:
+    """What a listener and a connection share: a socket that is let go and held again."""
+
+    sock: socket.socket | None
+    host: str
+    port: int
+    _what = "socket"
+
+    def describe(self) -> Record:
+        raise NotImplementedError
+
+    @property
+    def socket(self) -> socket.socket:
+        if self.sock is None:
+            raise ResourceError(f"{self._what} {self.host}:{self.port} is released")
+        return self.sock
+
+    def release(self) -> Record:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        return self.describe()
+
+
 @dataclass(eq=False)
-class ManagedListener:
+class ManagedListener(_HeldSocket):
     host: str
     port: int
     backlog: int = 128
     sock: socket.socket | None = None
+    _what = "listener"
 
     @classmethod
     def listen(cls, host: str, port: int, backlog: int = 128) -> ManagedListener:
@@ -124,21 +149,9 @@ class ManagedListener:
         sock.setblocking(False)
         return sock
 
-    @property
-    def socket(self) -> socket.socket:
-        if self.sock is None:
-            raise ResourceError(f"listener {self.host}:{self.port} is released")
-        return self.sock
-
     def describe(self) -> Record:
         return {"kind": "listener", "host": self.host, "port": self.port,
                 "backlog": self.backlog}
-
-    def release(self) -> Record:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        return self.describe()
 
     @classmethod
     def reacquire(cls, record: Record) -> ManagedListener:
@@ -148,10 +161,11 @@ class ManagedListener:
 
 
 @dataclass(eq=False)
-class ManagedSocket:
+class ManagedSocket(_HeldSocket):
     host: str
     port: int
     sock: socket.socket | None = None
+    _what = "connection to"
 
     @classmethod
     def connect(cls, host: str, port: int, timeout: float = 10.0) -> ManagedSocket:
@@ -165,20 +179,8 @@ class ManagedSocket:
         except OSError as exc:
             raise ResourceError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
 
-    @property
-    def socket(self) -> socket.socket:
-        if self.sock is None:
-            raise ResourceError(f"socket to {self.host}:{self.port} is released")
-        return self.sock
-
     def describe(self) -> Record:
         return {"kind": "socket", "host": self.host, "port": self.port}
-
-    def release(self) -> Record:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        return self.describe()
 
     @classmethod
     def reacquire(cls, record: Record) -> ManagedSocket:
