@@ -1,8 +1,9 @@
 """Rule-based exploration of the core over the in-memory harness.
 
 A client and a server write on several streams while the network is cut,
-blackholed, healed, re-dialled, delayed, delivered in odd chunks, and while an
-attacker replays captured attach requests. Whatever happens, each side has
+blackholed, healed, re-dialled, delayed, delivered in odd chunks, while an
+attacker replays captured attach requests, and (SuspendingNetMachine) while
+either end is suspended to a snapshot and resumed in a new endpoint. Whatever happens, each side has
 received a prefix of what the other wrote on each stream (in order, no
 duplicates), and once a fresh link is up everything written arrives exactly once.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -21,8 +23,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from continuations.protocol import SessionLost, SessionState
+from continuations.protocol import ClientEndpoint, ServerEndpoint, SessionLost, SessionState
 from continuations.protocol.session import Session
+from continuations.protocol.snapshot import SessionSnapshot
 from continuations.protocol.states import RecordType
 from continuations.protocol.wire import RecordDecoder
 from sansio import Net, Wire
@@ -220,3 +223,39 @@ class AsymmetricNetMachine(NetMachine):
 
 AsymmetricNetMachine.TestCase.settings = MACHINE_SETTINGS
 TestAsymmetricNetMachine = AsymmetricNetMachine.TestCase
+
+
+class SuspendingNetMachine(NetMachine):
+    """The same, plus either end suspended to a snapshot and resumed in a new endpoint (a
+    new process): the model's suspend and resume actions, on the real core."""
+
+    @precondition(lambda self: self._alive()
+                  and self.net.client.session.state is not SessionState.CONNECTING)
+    @rule()
+    def suspend_and_resume_client(self) -> None:
+        snapshot = self.net.client.suspend()
+        for wire in list(self.net.wires):
+            self.net.cut(wire)
+        self.net.client = ClientEndpoint(
+            config=self.net.config, rng=self.net.rand.randbytes, now=self.net.now,
+            verify_host_key=lambda key: None,
+            snapshot=SessionSnapshot.decode(snapshot.encode()),
+        )
+
+    @precondition(lambda self: not self.server.finished)
+    @rule()
+    def suspend_and_resume_server(self) -> None:
+        snapshot = self.net.server.suspend_session(self.server.id)
+        for wire in list(self.net.wires):
+            self.net.cut(wire)
+        self.net.server = ServerEndpoint(
+            config=self.net.config, rng=self.net.rand.randbytes, now=self.net.now,
+            host_key=Ed25519PrivateKey.from_private_bytes(self.net.rand.randbytes(32)),
+        )
+        self.server = self.net.server.restore_session(
+            SessionSnapshot.decode(snapshot.encode()), self.net.now
+        )
+
+
+SuspendingNetMachine.TestCase.settings = MACHINE_SETTINGS
+TestSuspendingNetMachine = SuspendingNetMachine.TestCase
