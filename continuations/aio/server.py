@@ -17,6 +17,7 @@ from continuations.hostkeys import fingerprint, load_or_create_host_key
 from continuations.protocol import (
     Event,
     LinkFailed,
+    ParkedSessionWanted,
     ServerEndpoint,
     SessionConfig,
     SessionEstablished,
@@ -48,6 +49,9 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self.links_failed = 0
+        # Called with the id of a parked session whose client came back (see serve_parked
+        # in the runtime); resuming it lets the client's next attempt in.
+        self.on_parked: Callable[[bytes], None] | None = None
 
     async def start(self, host: str, port: int) -> None:
         self._server = await self._loop.create_server(
@@ -70,6 +74,10 @@ class Server:
             task = self._loop.create_task(self._run(session))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            return
+        if isinstance(event, ParkedSessionWanted):
+            if self.on_parked is not None:
+                self.on_parked(event.session_id)
             return
         if isinstance(event, LinkFailed):
             self.links_failed += 1
@@ -114,6 +122,12 @@ class Server:
         self.sessions[core.id] = session
         self._driver.pump()
         return session
+
+    def stop_accepting(self) -> None:
+        """Stop listening; live sessions carry on (before suspending them for a restart,
+        so that their clients cannot come back here meanwhile)."""
+        if self._server is not None:
+            self._server.close()
 
     def close(self) -> None:
         """Stop listening, close every session, and drop every connection."""

@@ -34,6 +34,7 @@ from continuations.protocol.events import (
     Event,
     LinkFailed,
     LinkId,
+    ParkedSessionWanted,
     SessionEstablished,
 )
 from continuations.protocol.keys import (
@@ -624,9 +625,11 @@ class ServerEndpoint(_Endpoint):
     def _answer_attach(self, link: Link, request: AttachRequest, now: float) -> None:
         session = self.sessions.get(request.session_id) or self._hatch(request, link, now)
         if session is None or session.finished:
-            code = (RejectCode.SUSPENDED if request.session_id in self.parked
-                    else RejectCode.UNKNOWN_SESSION)
-            self._reject(link, code, request)
+            if request.session_id in self.parked:
+                self._reject(link, RejectCode.SUSPENDED, request)
+                self._emit(ParkedSessionWanted(session_id=request.session_id))
+            else:
+                self._reject(link, RejectCode.UNKNOWN_SESSION, request)
             return
         if request.attach_version <= max(session.attach_version, session.offered_version):
             self._reject(link, RejectCode.STALE_VERSION, request)

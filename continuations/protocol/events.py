@@ -86,6 +86,15 @@ class AttachRejected:
     authentic: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParkedSessionWanted:
+    """A client tried to re-attach to a session this server parked (suspended to disk).
+
+    It was told to retry; a driver that resumes the session now lets the retry in."""
+
+    session_id: bytes
+
+
 Event = (
     SessionEstablished
     | StreamOpened
@@ -96,4 +105,5 @@ Event = (
     | SessionLost
     | LinkFailed
     | AttachRejected
+    | ParkedSessionWanted
 )

@@ -313,6 +313,17 @@ class Runtime:
                 "it must not hold live objects such as tasks, sockets or open files"
             ) from exc
 
+    async def suspend_all(self, reason: str = "shutting down") -> list[SuspendResult]:
+        """Suspend every session managed here (for a restart or an upgrade). A session
+        whose generators fail or block stays live, and is reported in the log."""
+        results = []
+        for sid in list(self.contexts):
+            try:
+                results.append(await self.suspend(sid, reason=reason))
+            except ContinuationsError as exc:
+                log.error("could not suspend session %s: %s", sid, exc)
+        return results
+
     def _detach(self, ctx: SessionContext) -> SessionSnapshot:
         if isinstance(ctx.session, ClientSession):
             return ctx.session.suspend()
@@ -396,6 +407,39 @@ class Runtime:
         ctx = SessionContext(self, session, server=server)
         ctx.resources = resources
         return ctx, self._start(ctx, record, tree)
+
+    def serve_parked(self, server: Server) -> int:
+        """Resume this app's suspended server sessions when their clients come back.
+
+        Marks every suspended server session of this app in the store as parked on
+        ``server`` (so returning clients are told to retry, not that the session is
+        gone) and resumes each, lazily, at its client's first attempt. Returns how many
+        were parked."""
+        parked = 0
+        for record in self.store.list_sessions(app=self.app, state="suspended"):
+            if record.role == "server":
+                server.endpoint.parked.add(bytes.fromhex(record.id))
+                parked += 1
+        resuming: set[str] = set()
+
+        def wanted(session_id: bytes) -> None:
+            sid = session_id.hex()
+            if sid in resuming or sid in self.contexts:
+                return
+            resuming.add(sid)
+
+            async def resume_it() -> None:
+                try:
+                    await self.resume_server_session(server, sid)
+                except ContinuationsError as exc:
+                    log.error("cannot resume parked session %s: %s", sid, exc)
+                finally:
+                    resuming.discard(sid)
+
+            self._spawn(resume_it())
+
+        server.on_parked = wanted
+        return parked
 
     def _start(
         self, ctx: SessionContext, record: SessionRecord, tree: Continuation
