@@ -252,3 +252,43 @@ def test_reconnect_survives_server_side_cut_while_idle(tmp_path: Path) -> None:
     echoed, state = run(main())
     assert echoed == b"still here"
     assert state is SessionState.ESTABLISHED
+
+
+def test_keys_are_replaced_automatically_without_the_application_noticing(
+    tmp_path: Path,
+) -> None:
+    config = SessionConfig(keepalive_interval=0.1, min_dead_timeout=0.4, dead_timeout=1.0,
+                           rekey_after_bytes=4 * MiB)
+
+    async def main() -> tuple[bytes, int, int]:
+        async with server_and_relay(tmp_path, config=config) as (_, relay):
+            client = await client_via(relay, tmp_path, config=config)
+            stream = client.open_stream()
+            payload = pattern(12 * MiB, 9)
+            stream.write(payload)
+            stream.write_eof()
+            echoed = await asyncio.wait_for(stream.read(), 60)
+            rekeys, version = client.rekeys, client.attach_version
+            await client.close()
+            return echoed, rekeys, version
+
+    echoed, rekeys, version = run(main())
+    assert echoed == pattern(12 * MiB, 9)
+    assert rekeys >= 3 and version >= rekeys  # 24 MiB through 4 MiB keys
+
+
+def test_read_to_the_end_of_a_stream_longer_than_the_window(tmp_path: Path) -> None:
+    """read() with no size must hand flow-control credit back as data arrives."""
+    config = SessionConfig(stream_window=64 * 1024)
+
+    async def main() -> bytes:
+        async with server_and_relay(tmp_path, config=config) as (_, relay):
+            client = await client_via(relay, tmp_path, config=config)
+            stream = client.open_stream()
+            stream.write(pattern(2 * MiB, 10))
+            stream.write_eof()
+            echoed = await asyncio.wait_for(stream.read(), 30)
+            await client.close()
+            return echoed
+
+    assert run(main()) == pattern(2 * MiB, 10)

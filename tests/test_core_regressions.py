@@ -106,3 +106,38 @@ def test_a_server_that_parked_the_session_says_retry_not_gone() -> None:
     net.connect()
     net.pump()
     assert net.client.session.state is SessionState.ESTABLISHED
+
+
+def test_keys_are_replaced_after_their_byte_limit() -> None:
+    from continuations.protocol import RekeyDue, SessionConfig
+
+    net = Net(15, SessionConfig(rekey_after_bytes=1 << 20))
+    first = net.connect()
+    net.pump()
+    client = net.client.session
+    sid = client.open_stream()
+    client.send(sid, b"k" * 600_000)
+    net.pump()
+    assert not net.events_of("client", RekeyDue)
+    client.send(sid, b"k" * 600_000)
+    net.pump()
+    (due,) = net.events_of("client", RekeyDue)
+    assert due.link == first.client_link
+    client.send(sid, b"m" * 300_000)
+    net.connect()  # what the asyncio client does on RekeyDue: make-before-break
+    net.pump()
+    assert client.attach_version == 1 and first.closed
+    assert bytes(net.received[("server", sid)]) == b"k" * 1_200_000 + b"m" * 300_000
+
+
+def test_keys_are_replaced_after_their_age_limit() -> None:
+    from continuations.protocol import RekeyDue, SessionConfig
+
+    net = Net(16, SessionConfig(rekey_after_seconds=30.0))
+    net.connect()
+    net.pump()
+    net.advance(29.0, step=0.2)
+    assert not net.events_of("client", RekeyDue)
+    net.advance(2.0, step=0.2)
+    assert len(net.events_of("client", RekeyDue)) == 1
+    assert not net.events_of("server", RekeyDue)  # only the client can re-attach

@@ -25,6 +25,7 @@ from continuations.protocol import (
     LinkFailed,
     LinkId,
     Reattached,
+    RekeyDue,
     SessionConfig,
     SessionEstablished,
     SessionLost,
@@ -58,6 +59,8 @@ class ClientSession(AsyncSession):
         self._outcomes: dict[LinkId, asyncio.Future[None]] = {}
         self._reconnector: asyncio.Task[None] | None = None
         self.reconnect_attempts = 0
+        self.rekeys = 0
+        self._background: set[asyncio.Task[None]] = set()
         self.last_error: BaseException | None = None
         # Loop time at which the latest transport connection came up (re-attach latency
         # is measured from here to data flowing again).
@@ -143,9 +146,27 @@ class ClientSession(AsyncSession):
         elif isinstance(event, SessionLost):
             for link in list(self._outcomes):
                 self._settle(link, SessionError(f"session lost: {event.reason}"))
+        elif isinstance(event, RekeyDue):
+            task = self._loop.create_task(self._rekey())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         super()._on_event(event)
         if isinstance(event, Disconnected) and self._reconnect:
             self._start_reconnecting()
+
+    async def _rekey(self) -> None:
+        """Fresh keys: a make-before-break re-attach from the same local address."""
+        for attempt in range(3):
+            if self.finished or self._core.state is not SessionState.ESTABLISHED:
+                return
+            try:
+                await self._attach(self.local_host)
+                self.rekeys += 1
+                return
+            except (OSError, TimeoutError, ContinuationsError) as exc:
+                self.last_error = exc
+                await asyncio.sleep(self._config.reconnect_delay(attempt + 1,
+                                                                self._random.random()))
 
     def _start_reconnecting(self) -> None:
         if self._reconnector is None or self._reconnector.done():

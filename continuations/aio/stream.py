@@ -94,9 +94,16 @@ class SessionStream:
         if n == 0:
             return b""
         if n < 0:
+            # Take what arrives as it arrives: holding it unread until the end would keep
+            # the peer's flow-control window shut, and a stream longer than the window
+            # would never end.
+            parts = []
             while not self._eof:
+                if self._buffered:
+                    parts.append(self._take(self._buffered))
                 await self._wait_for_data()
-            return self._take(self._buffered)
+            parts.append(self._take(self._buffered))
+            return b"".join(parts)
         while not self._buffered and not self._eof:
             await self._wait_for_data()
         return self._take(n)

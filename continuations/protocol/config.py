@@ -31,6 +31,10 @@ class SessionConfig:
     max_pending_handshakes: int = 1024
     reconnect_initial_delay: float = 0.05
     reconnect_max_delay: float = 2.0
+    # Key lifetime: an attachment whose keys protected this many bytes, or are this old,
+    # is replaced by a make-before-break re-attach, which brings fresh keys.
+    rekey_after_bytes: int = 1 << 36
+    rekey_after_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
         if not 0 < self.keepalive_interval < self.dead_timeout:
@@ -47,6 +51,8 @@ class SessionConfig:
             raise ConfigError(f"max_streams must be in 1..{MAX_STREAMS_LISTED}")
         if not 256 <= self.max_record_plaintext <= MAX_PLAINTEXT:
             raise ConfigError(f"max_record_plaintext must be in 256..{MAX_PLAINTEXT}")
+        if self.rekey_after_bytes < 1 << 20 or self.rekey_after_seconds < 1:
+            raise ConfigError("rekey_after_bytes must be >= 1 MiB and rekey_after_seconds >= 1")
         if self.max_pending_handshakes < 1:
             raise ConfigError("max_pending_handshakes must be at least 1")
 

@@ -404,7 +404,7 @@ class ClientEndpoint(_Endpoint):
             raise ProtocolError(f"unexpected {rtype.name} during handshake")
 
     def _finish_link(self, link: Link, keys: TrafficKeys, now: float) -> None:
-        link.install(keys, client=True)
+        link.install(keys, client=True, now=now)
         link.handshake = None
         link.move(LinkTrigger.ACCEPTED)
         link.needs_confirm = True
@@ -563,7 +563,7 @@ class ServerEndpoint(_Endpoint):
         link.handshake = pending
         self._purge_embryos(now)
         self._embryos[answer.session_id] = (pending, now, link)
-        link.install(secrets.keys, client=False)
+        link.install(secrets.keys, client=False, now=now)
         self._queue(link, RecordType.SERVER_HELLO, answer.encode())
         link.answered_at = now
         link.move(LinkTrigger.ANSWER)
@@ -645,7 +645,7 @@ class ServerEndpoint(_Endpoint):
         )
         link.session_id = session.id
         link.attach_version = request.attach_version
-        link.install(keys, client=False)
+        link.install(keys, client=False, now=now)
         self._queue(link, RecordType.ATTACH_ACCEPT, accept.encode())
         link.answered_at = now
         link.last_received = now

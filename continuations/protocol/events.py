@@ -87,6 +87,15 @@ class AttachRejected:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RekeyDue:
+    """Client: the current attachment's keys reached their byte or age limit; re-attach
+    (make-before-break) to get fresh ones. Emitted once per attachment."""
+
+    session_id: bytes
+    link: LinkId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ParkedSessionWanted:
     """A client tried to re-attach to a session this server parked (suspended to disk).
 
@@ -106,4 +115,5 @@ Event = (
     | LinkFailed
     | AttachRejected
     | ParkedSessionWanted
+    | RekeyDue
 )

@@ -60,11 +60,14 @@ class Link:
     pings: dict[int, float] = field(default_factory=dict)  # outstanding ping id -> sent at
     pong_due: list[int] = field(default_factory=list)
     needs_confirm: bool = False
+    keyed_at: float = 0.0  # when this attachment's traffic keys came into use
+    bytes_protected: int = 0  # sealed and opened under them, both directions
+    rekey_asked: bool = False
 
     def move(self, trigger: LinkTrigger) -> None:
         self.state = next_link_state(self.state, trigger)
 
-    def install(self, keys: TrafficKeys, *, client: bool) -> None:
+    def install(self, keys: TrafficKeys, *, client: bool, now: float) -> None:
         send, recv = (
             (keys.client_to_server, keys.server_to_client)
             if client
@@ -72,6 +75,8 @@ class Link:
         )
         self.sealer = Sealer(send)
         self.opener = Opener(recv)
+        self.keyed_at = now
+        self.bytes_protected = 0
 
     def next_ping(self, now: float) -> int:
         """Allocate a ping id; several may be outstanding on a long path."""

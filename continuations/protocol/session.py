@@ -25,6 +25,7 @@ from continuations.protocol.events import (
     Disconnected,
     Event,
     Reattached,
+    RekeyDue,
     SessionClosed,
     SessionLost,
     StreamDataReceived,
@@ -407,6 +408,7 @@ class Session:
         assert link.opener is not None
         plaintext = link.opener.open(header, body)
         link.last_received = now
+        link.bytes_protected += len(body)
         self.on_plaintext(link, plaintext, now)
 
     def on_plaintext(self, link: Link, plaintext: bytes, now: float) -> None:
@@ -530,6 +532,8 @@ class Session:
         if records:
             link.out.extend(records)
             link.last_sent = now
+            link.bytes_protected += sum(map(len, records))
+            self._check_key_lifetime(link, now)
         if closing and self._closing is not None:
             self._finish_close(*self._closing, by_peer=False)
         return written
@@ -563,6 +567,21 @@ class Session:
                 written += len(data)
         return written
 
+    def _check_key_lifetime(self, link: Link, now: float) -> None:
+        """Only the client can re-attach, so only the client asks for new keys."""
+        if (
+            self.role is Role.CLIENT
+            and link is self.active
+            and not link.rekey_asked
+            and self.pending is None
+            and (
+                link.bytes_protected >= self.config.rekey_after_bytes
+                or now - link.keyed_at >= self.config.rekey_after_seconds
+            )
+        ):
+            link.rekey_asked = True
+            self._emit(RekeyDue(session_id=self.id, link=link.id))
+
     # --- time -----------------------------------------------------------------------------
 
     def _links(self) -> list[Link]:
@@ -577,6 +596,8 @@ class Session:
             if link.sealer is not None:
                 deadlines.append(link.last_sent + self.config.keepalive_interval)
                 deadlines.append(link.last_received + dead_after)
+                if self.role is Role.CLIENT and not link.rekey_asked:
+                    deadlines.append(link.keyed_at + self.config.rekey_after_seconds)
             if link is self.pending:
                 deadlines.append(link.created + self.attach_timeout())
 
@@ -606,6 +627,8 @@ class Session:
             return failed
         dead_after = self.config.dead_after(self.rtt.rto)
         for link in self._links():
+            if link.sealer is not None:
+                self._check_key_lifetime(link, now)
             if link is self.pending and now >= link.created + self.attach_timeout():
                 failed.append((link, PathDeadError("re-attach not completed in time")))
             elif link.sealer is not None and now >= link.last_received + dead_after:
