@@ -238,3 +238,33 @@ def test_unserialisable_continuation_fails_cleanly_and_leaves_the_session_live(
     message, state, works = run(main())
     assert "cannot be serialised" in message
     assert state == "established" and works
+
+
+def test_control_socket_is_private_and_answers_only_for_live_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stat
+
+    from continuations.errors import ContinuationsError
+    from continuations.runtime.control import request
+
+    monkeypatch.setenv("CONTINUATIONS_RUNTIME_DIR", str(tmp_path / "run"))
+
+    async def main() -> tuple[int, int, dict[str, Any], str]:
+        runtime = Runtime("app", tmp_path / "store.db")
+        path = Path(await runtime.start_control())
+        mode = stat.S_IMODE(path.stat().st_mode)
+        dir_mode = stat.S_IMODE(path.parent.stat().st_mode)
+        ping = await asyncio.to_thread(request, path, {"op": "ping"})
+        try:
+            await asyncio.to_thread(request, path, {"op": "suspend", "session": "ab" * 16})
+            refused = ""
+        except ContinuationsError as exc:
+            refused = str(exc)
+        runtime.close()
+        return mode, dir_mode, ping, refused
+
+    mode, dir_mode, ping, refused = run(main())
+    assert mode == 0o600 and dir_mode == 0o700
+    assert ping["app"] == "app" and ping["sessions"] == []
+    assert "not live" in refused
