@@ -292,3 +292,23 @@ def test_read_to_the_end_of_a_stream_longer_than_the_window(tmp_path: Path) -> N
             return echoed
 
     assert run(main()) == pattern(2 * MiB, 10)
+
+
+def test_finished_streams_are_forgotten_so_long_sessions_do_not_grow(tmp_path: Path) -> None:
+    async def main() -> tuple[int, bool]:
+        async with server_and_relay(tmp_path) as (server, relay):
+            client = await client_via(relay, tmp_path)
+            for i in range(200):  # like a forwarding tunnel: a stream per connection
+                stream = client.open_stream()
+                stream.write(b"request %d" % i)
+                stream.write_eof()
+                assert await stream.read() == b"request %d" % i
+            await asyncio.sleep(0.2)
+            client.open_stream().write_eof()  # opening sweeps what has finished since
+            (server_side,) = server.sessions.values()
+            kept_client = len(client.stream_ids)
+            await client.close()
+            return kept_client, len(server_side.stream_ids) < 10
+
+    kept_client, server_small = run(main())
+    assert kept_client <= 2 and server_small

@@ -141,3 +141,34 @@ def test_keys_are_replaced_after_their_age_limit() -> None:
     net.advance(2.0, step=0.2)
     assert len(net.events_of("client", RekeyDue)) == 1
     assert not net.events_of("server", RekeyDue)  # only the client can re-attach
+
+
+def test_a_forgotten_hello_cannot_be_confirmed_later() -> None:
+    """Found by the SPIN model: an evicted hello's link used to stay open, so a late
+    confirm created a session the client had been told (signed) was unknown."""
+    from continuations.protocol import SessionConfig, SessionState
+    from continuations.protocol.handshake import start_hello
+    from continuations.protocol.states import RecordType
+    from continuations.protocol.wire import encode_record
+
+    net = Net(17, SessionConfig(max_pending_handshakes=2))
+    first = net.connect()
+    net.step()  # the hello reaches the server
+    net.step()  # its answer reaches the client, whose confirm is now queued...
+    first.hold_to_server = True  # ...and delayed on the path
+    net.pump()
+    assert net.client.session.state is SessionState.ESTABLISHED  # it has the keys
+
+    def stranger_hello() -> object:
+        wire = net.raw_wire()
+        _, hello = start_hello(net.rand.randbytes)
+        net.server.receive_data(wire.server_link,
+                                encode_record(RecordType.CLIENT_HELLO, hello.encode()), net.now)
+        return wire
+
+    net.cut(stranger_hello())  # remembered after its link is gone: still counts
+    stranger_hello()  # one more: the oldest remembered hello (ours) is forgotten
+    net.pump()
+    first.hold_to_server = False
+    net.pump()
+    assert not net.server.sessions  # the late confirm created nothing

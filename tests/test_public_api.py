@@ -14,6 +14,7 @@ PACKAGES = [
     "continuations.errors",
     "continuations.runtime",
     "continuations.store",
+    "continuations.tunnel",
 ]
 
 

@@ -120,8 +120,20 @@ class AsyncSession:
 
     # --- streams --------------------------------------------------------------------------
 
+    def _sweep(self) -> None:
+        """Drop streams that are over for both the core and the application."""
+        for sid in [sid for sid, stream in self._streams.items() if self._over(sid, stream)]:
+            del self._streams[sid]
+
+    def _over(self, stream_id: int, stream: SessionStream) -> bool:
+        # The core forgets a stream once both ends are done and everything was read; this
+        # layer also waits until the end of stream was handed to the stream object and
+        # nobody waits on it, or a reader would never be woken.
+        return stream_id not in self._core.streams and stream._finished()
+
     def open_stream(self) -> SessionStream:
         self._raise_if_failed()
+        self._sweep()
         stream_id = self._core.open_stream()
         stream = SessionStream(self, stream_id)
         self._streams[stream_id] = stream
@@ -182,6 +194,9 @@ class AsyncSession:
 
     def _consumed(self, stream_id: int, n: int) -> None:
         self._core.stream_consumed(stream_id, n)
+        stream = self._streams.get(stream_id)
+        if stream is not None and self._over(stream_id, stream):
+            del self._streams[stream_id]  # the application keeps its own reference
         self._driver.kick()
 
     def _waiting_for_room(self, stream: SessionStream) -> None:
@@ -196,6 +211,7 @@ class AsyncSession:
             if stream is not None:
                 stream._feed(event.data, event.end_stream)
         elif isinstance(event, StreamOpened):
+            self._sweep()
             stream = SessionStream(self, event.stream_id)
             self._streams[event.stream_id] = stream
             self._incoming.put_nowait(stream)

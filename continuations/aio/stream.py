@@ -128,6 +128,14 @@ class SessionStream:
                 return self._take(self._buffered)
             await self._wait_for_data()
 
+    def _finished(self) -> bool:
+        """Both ends closed, nothing buffered either way, nobody waiting."""
+        return (
+            self._eof and not self._buffered and self._eof_written and not self._pending
+            and (self._read_waiter is None or self._read_waiter.done())
+            and not self._drain_waiters
+        )
+
     def at_eof(self) -> bool:
         return self._eof and not self._buffered
 

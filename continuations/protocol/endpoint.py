@@ -576,7 +576,8 @@ class ServerEndpoint(_Endpoint):
                 len(embryos) < self.config.max_pending_handshakes
             ):
                 break
-            del embryos[oldest]
+            _, _, link = embryos.pop(oldest)
+            self._close_link(link)  # a forgotten hello must not be confirmed later
 
     def _create_session(self, pending: PendingNewSession, link: Link, now: float) -> Session:
         self._embryos.pop(pending.session_id, None)
@@ -597,6 +598,10 @@ class ServerEndpoint(_Endpoint):
         plaintext = link.opener.open(header, body)  # raises unless the client holds the keys
         if pending.session_id in self.sessions:
             raise ProtocolError("late confirm: a re-attach already completed this session")
+        if pending.session_id not in self._embryos:
+            # Found by model checking: the hello was forgotten, a re-attach may already
+            # have been told "unknown session" and the client have given the session up.
+            raise ProtocolError("late confirm: this hello was already forgotten")
         self._bind(link)
         link.session_id = pending.session_id
         link.handshake = None

@@ -79,7 +79,10 @@ class Stream:
     ack_sent: int = -1  # the received position our last ack stated
 
     def complete(self) -> bool:
-        return self.send.done() and self.recv.final is not None
+        """Both halves done and the application has taken every byte (until it has, the
+        bytes must stay in a snapshot should the session be suspended)."""
+        recv = self.recv
+        return self.send.done() and recv.final is not None and recv.consumed >= recv.final
 
 
 class Session:
@@ -180,7 +183,10 @@ class Session:
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.recv.consume(n)
-            if stream.recv.wants_limit_update():
+            if stream.complete():
+                self._forget(stream)
+                self._touched(self)  # a final ack may be owed
+            elif stream.recv.wants_limit_update():
                 self._touched(self)
 
     def unacknowledged(self, stream_id: int) -> int:
