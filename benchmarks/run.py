@@ -34,10 +34,11 @@ if __package__ in (None, ""):
 import reattach
 import suspend_resume
 import throughput
+import tunnel
 from common import ROOT, Options, Outcome
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, reattach, suspend_resume)
+    m.NAME: m for m in (throughput, reattach, suspend_resume, tunnel)
 }
 
 

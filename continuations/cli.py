@@ -73,7 +73,56 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=4.0, help="sending rate in MiB/s each "
                       "way (default 4)")
     demo.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    _add_tunnel_commands(commands)
     return parser
+
+
+def _add_tunnel_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    server = commands.add_parser(
+        "tunnel-server",
+        help="accept tunnel sessions and connect their streams to allowed targets",
+        description="Accept sessions; connect each stream to the target it asks for if it is "
+        "allowed (default: only 127.0.0.1:22), and relay bytes both ways. Clients re-attach "
+        "from anywhere; the programs on both ends never see the outage. See docs/tunnels.md.",
+    )
+    server.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:7022",
+                        help="address to accept sessions on (default 127.0.0.1:7022; port 0 "
+                        "picks a free one)")
+    server.add_argument("--allow", metavar="HOST:PORT", action="append", default=[],
+                        help="a target clients may connect to; repeat for more (default: "
+                        "only 127.0.0.1:22; giving --allow replaces the default)")
+    server.add_argument("--host-key", metavar="PATH", help="Ed25519 host key, created if "
+                        "missing (default: the state directory's tunnel_host_key)")
+    server.add_argument("--linger", type=float, default=86400.0, metavar="SECONDS",
+                        help="how long a session whose client is gone is kept (default "
+                        "86400, 24 h)")
+    server.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="limit for connecting to a target (default 10)")
+    server.add_argument("-v", "--verbose", action="store_true",
+                        help="also log re-attachments and link failures")
+    client = commands.add_parser(
+        "tunnel",
+        help="a resumable tunnel: ssh ProxyCommand (stdin/stdout) or local port forwarding",
+        description="Open one session to a tunnel server and relay stdin/stdout (--to, for "
+        "ssh -o ProxyCommand) or local connections (--forward) to targets on its side. The "
+        "tunnel survives cuts, outages and address changes. See docs/tunnels.md.",
+    )
+    client.add_argument("host", help="the tunnel server's host")
+    client.add_argument("port", type=int, help="the tunnel server's port")
+    mode = client.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--to", metavar="HOST:PORT", help="relay stdin/stdout to this target "
+                      "on the server's side (for ssh -o ProxyCommand)")
+    mode.add_argument("--forward", metavar="[BIND:]LPORT:HOST:PORT", action="append",
+                      help="listen on BIND:LPORT (bind 127.0.0.1 unless given; LPORT 0 picks "
+                      "a free port) and forward each connection to HOST:PORT on the server's "
+                      "side; repeat for more")
+    client.add_argument("--known-hosts", metavar="PATH", help="where tunnel servers' host keys "
+                        "are pinned (default: the state directory's known_hosts)")
+    client.add_argument("--local-host", metavar="ADDR[,ADDR...]", help="source address; with "
+                        "several, move to the next each time the path is lost, and on SIGUSR1 "
+                        "(make-before-break)")
+    client.add_argument("-v", "--verbose", action="store_true",
+                        help="log the session's path changes on stderr")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if min(args.rtt, args.outage, args.size, args.rate) <= 0:
                 raise ContinuationsError("--rtt, --outage, --size and --rate must be positive")
             return demo.main(args)
+        if args.command in ("tunnel", "tunnel-server"):
+            from continuations.tunnel import commands as tunnel
+
+            return tunnel.client_main(args) if args.command == "tunnel" else (
+                tunnel.server_main(args))
         return _session_command(args)
     except ContinuationsError as exc:
         print(f"continuations: {exc}", file=sys.stderr)

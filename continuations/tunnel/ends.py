@@ -147,6 +147,7 @@ class _PipeSink:
         self._transport = transport
         self._protocol = protocol
         self._fd = fd
+        self._aborted = False
 
     def write(self, data: bytes) -> None:
         if self._protocol.lost or self._transport.is_closing():
@@ -168,15 +169,19 @@ class _PipeSink:
 
     async def close(self, timeout: float) -> None:
         self._release_fd()
-        self._transport.close()
+        if not self._transport.is_closing():
+            self._transport.close()
         try:
             await asyncio.wait_for(asyncio.shield(self._protocol.closed), timeout)
         except TimeoutError:
-            self._transport.abort()
+            self.abort()
 
     def abort(self) -> None:
         self._release_fd()
-        self._transport.abort()
+        # asyncio's pipe transport fails on a second close, so only the first one counts.
+        if not self._aborted and not self._protocol.lost:
+            self._aborted = True
+            self._transport.abort()
 
 
 class _FileSource:

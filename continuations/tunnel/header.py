@@ -18,10 +18,10 @@ from continuations.errors import RemoteError
 from continuations.tunnel.targets import Target
 
 __all__ = [
-    "MAX_HEADER",
-    "VERSION",
     "HeaderError",
+    "MAX_HEADER",
     "TunnelRefusedError",
+    "VERSION",
     "decode_reply",
     "decode_request",
     "encode_reply",

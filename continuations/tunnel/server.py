@@ -30,7 +30,7 @@ from continuations.tunnel.header import (
 from continuations.tunnel.splice import discard, splice
 from continuations.tunnel.targets import DEFAULT_ALLOWED, AllowList, Target
 
-__all__ = ["TunnelServer", "TunnelStats", "serve_tunnel"]
+__all__ = ["TunnelServer", "TunnelStats", "describe_error", "serve_tunnel"]
 
 log = logging.getLogger("continuations.tunnel")
 
@@ -45,7 +45,8 @@ class TunnelStats:
     active: int = 0
 
 
-def _reason(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """A short reason: "Connection refused" rather than asyncio's long message."""
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.errno:
@@ -125,7 +126,7 @@ class TunnelServer:
                 self.connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
-            await self._refuse(stream, where, f"cannot connect to {target}: {_reason(exc)}")
+            await self._refuse(stream, where, f"cannot connect to {target}: {describe_error(exc)}")
             return
         end = SocketEnd(reader, writer)
         try:
@@ -139,8 +140,9 @@ class TunnelServer:
             result = await splice(session, stream, end, end)
         finally:
             self.stats.active -= 1
-        log.info("%s -> %s done: %d bytes up, %d down%s", where, target, result.bytes_up,
-                 result.bytes_down, " (session ended)" if result.session_ended else "")
+        log.info("%s -> %s done: %d bytes to it, %d from it%s", where, target,
+                 result.bytes_down, result.bytes_up,
+                 " (session ended)" if result.session_ended else "")
 
 
 async def serve_tunnel(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from continuations.errors import ConfigError
 
-__all__ = ["DEFAULT_ALLOWED", "AllowList", "Forward", "Target"]
+__all__ = ["AllowList", "DEFAULT_ALLOWED", "Forward", "Target", "parse_listen"]
 
 _MAX_HOST = 253
 
@@ -105,3 +105,11 @@ class Forward:
         target = Target(_host(parts[1], "host in forward"), _port(parts[2], "port in forward"))
         return cls(bind, port, target)
 
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` to listen on; port 0 picks a free one."""
+    parts = _split(text.strip())
+    if len(parts) != 2:
+        raise ConfigError(f"bad listen address {text!r} (expected HOST:PORT)")
+    return _host(parts[0], "listen host"), _port(parts[1], "listen port", allow_zero=True)
