@@ -1,15 +1,15 @@
 /*
- * Promela model of the `continuations` session protocol
- * (docs/design-notes.md; docs/verification.md says what is checked and why).
+ * Promela model of the `continuations` session protocol (docs/protocol.md).  docs/verification.md says what is checked,
+ * what is abstracted away, and what the counterexamples mean.
  *
  * Two processes, Client and Server, talk over two bounded channels.  As in the
  * ECCP model, the unreliable network is not a process of its own: a send may
  * drop the message, deliver it once, or deliver it twice (inline `snd`), and a
- * receive may take the second message in the queue instead of the first
- * (inline `rcv`), which is how messages overtake each other.  A separate
- * network process would only add interleavings that change nothing.
+ * receive may take the oldest message of another link before the messages
+ * queued ahead of it (inline `rcv`).  A network process would only add
+ * interleavings that change nothing the endpoints can observe.
  *
- * Abstractions (docs/verification.md has the longer argument):
+ * Abstractions:
  *  - Cryptography is a set of unforgeable capabilities.  Only the client can
  *    produce an ATTACH_REQUEST with a version it has not used before; the
  *    network can only replay what it has seen (the duplicate branch of `snd`).
@@ -24,15 +24,19 @@
  *    a link is usable (a burst), and a receiver acknowledges once it has the
  *    whole stream (acks are cumulative, so intermediate ones only free memory
  *    earlier; the offsets in ATTACH_REQUEST/ATTACH_ACCEPT are acks too).
+ *  - A link is a TCP connection: order within a link is kept, so a lost
+ *    message there is the link dying, which the receiver sees as a gap.
  *
  * Bounding: every disruptive event (loss, duplication, overtaking, spurious
- * timeout, migration, suspension) is allowed only while CHAOS holds, i.e.
- * while the client can still move to a higher attach version, and losses,
- * duplications and overtakings share a budget of MAXFAULT.  The last version,
- * MAXV, therefore runs on a quiet network.  That is the fairness assumption
- * behind "the ends agree once the network is quiet": if they do not, the
- * system stalls with no way out and the quiescence assertion in the client
- * fires (or spin reports an invalid end state).
+ * timeout, migration, suspension, hello expiry) is allowed only while CHAOS
+ * holds, i.e. while the client can still move to a higher attach version, and
+ * losses, duplications and overtakings share a budget of MAXFAULT.  The last
+ * version, MAXV, therefore runs on a quiet network.  That is the fairness
+ * assumption behind "the ends agree once the network is quiet": if they do
+ * not, the system stalls with no way out and the quiescence assertion in the
+ * client fires (or spin reports an invalid end state).  After every step the
+ * network also forgets traffic that no receiver will ever act on (`purge`),
+ * which merges states that differ only in such leftovers.
  *
  * Variants (compile-time macros, see verification/check.sh):
  *  -DSEQUENCE_SEMANTICS  the server treats attach numbers as TCP-Migrate/HIP
@@ -42,10 +46,13 @@
  *                        the design notes literally say, instead of
  *                        max(stated, acked): spin finds a sender asked to
  *                        resend bytes it has already freed.
- *  -DEARLY_DATA          the client sends stream data right after its confirm,
- *                        before the server has proved the session exists:
- *                        spin finds data delivered to a session the client
- *                        has reported as never established.
+ *  -DLATE_CONFIRM        a confirm on a still-open hello link creates the
+ *                        session even after the server forgot that answered
+ *                        hello (what endpoint.py's _confirm_new_session does
+ *                        when the hello was evicted by max_pending_handshakes):
+ *                        spin finds the client's data delivered into a session
+ *                        the server had already told the client it does not
+ *                        know, i.e. one the client has given up.
  */
 
 #ifndef N
@@ -98,8 +105,11 @@ bool slink = false;     /* the server holds the link of attachment scur (link st
 byte spend = NONE;      /* pending attach version (link state) */
 byte sacked = 0;        /* server->client stream: bytes below are acked and freed */
 byte srecv = 0;         /* client->server stream: next offset expected */
+bool semb = false;      /* an answered hello is remembered ("embryo"; no session yet) */
+bool shello = false;    /* the link that hello came on is still open */
 
 byte nfault = 0;
+byte lossmask = 0;      /* bit v: a message of attachment v was lost */
 bool cprog = false;     /* set inside atomic steps, turned into progress states outside */
 bool sprog = false;
 
@@ -127,26 +137,31 @@ bool sprog = false;
 #define RESUME(stated, acked) MAX(stated, acked)
 #endif
 
-#ifdef EARLY_DATA
-#define DATA_OK true
+#ifdef LATE_CONFIRM
+#define CONFIRM_OK shello
 #else
-#define DATA_OK cestab
+/* the confirm creates the session only while the answered hello is remembered */
+#define CONFIRM_OK semb
 #endif
 
 inline snd(ch, smt, sv, so, sx) {
 	if
-	:: FAULT -> nfault++                                 /* lost */
+	:: FAULT -> nfault++; lossmask = lossmask | (1 << sv)  /* lost */
 	:: FAULT && len(ch) + 2 <= CAP ->
 		nfault++; ch ! smt, sv, so, sx; ch ! smt, sv, so, sx   /* duplicated / replayed */
 	:: nfull(ch) -> ch ! smt, sv, so, sx
-	:: full(ch) && CHAOS                                 /* queue overflow: lost */
-	/* Once the network is quiet a full queue first sheds a leftover of a dead
-	 * link (its TCP connection is gone and its data with it), and otherwise
-	 * blocks the sender: back-pressure, as on a TCP link with a shut window. */
+	:: full(ch) && CHAOS -> lossmask = lossmask | (1 << sv) /* queue overflow: lost */
+	/* Once the network is quiet a full queue first sheds the oldest message
+	 * if it belongs to an older link (the client has moved on from it), and
+	 * otherwise blocks the sender: back-pressure, as on a TCP link with a
+	 * shut window.  Blocking on everything would deadlock the model: both
+	 * ends can sit in a send with both queues full of old-link traffic. */
 	:: full(ch) && !CHAOS ->
 		ch ? <t2, v2, o2, x2>;
 		if
-		:: v2 != cv -> ch ? t2, v2, o2, x2; ch ! smt, sv, so, sx
+		:: v2 != cv ->
+			ch ? t2, v2, o2, x2; lossmask = lossmask | (1 << v2);
+			ch ! smt, sv, so, sx
 		:: else -> ch ! smt, sv, so, sx
 		fi;
 		t2 = 0; v2 = 0; o2 = 0; x2 = 0
@@ -208,7 +223,7 @@ inline ssend_from(lnk, from) {
 	 (mt == ATT_REQ && ver < cv && \
 	  (sess == S_CLOSED || (sess == S_OPEN && ver <= scur))) || \
 	 (mt != HELLO && mt != ATT_REQ && \
-	  !(ver == spend || (ver == scur && slink) || (sess == S_NONE && ver == 0))))
+	  !(ver == spend || (ver == scur && slink) || (sess == S_NONE && ver == 0 && CONFIRM_OK))))
 #define S2C_DEAD(mt, ver) \
 	(cst == C_DONE || cst == C_FAILED || \
 	 (mt == HELLO_OK && cst != C_HELLO) || \
@@ -229,11 +244,26 @@ inline ssend_from(lnk, from) {
 	:: else -> break \
 	od; \
 	t2 = 0; v2 = 0; o2 = 0; x2 = 0
+/* Loss marks matter only for links some end may still read: the client's
+ * current link and latest attempt, the server's current and pending ones. */
+#define LIVE_LINKS \
+	((clink != NONE -> 1 << clink : 0) | (1 << cv) | \
+	 (slink -> 1 << scur : 0) | (spend != NONE -> 1 << spend : 0) | \
+	 (sess == S_NONE -> 1 : 0))
+
 #ifdef NO_PURGE
 #define purge() skip
 #else
-#define purge() PURGE(c2s, C2S_DEAD); PURGE(s2c, S2C_DEAD)
+#define purge() d_step { PURGE(c2s, C2S_DEAD); PURGE(s2c, S2C_DEAD); \
+                         lossmask = lossmask & LIVE_LINKS }
 #endif
+
+#define IDLE (cst == C_ATT && cestab && !cclosing && !cping && cacked == N && crecv == N)
+/* Once no fault or migration can happen and nothing is in flight, both ends
+ * must hold the same attachment, and it must be the client's latest. */
+#define QUIET_AGREEMENT \
+	(CHAOS || len(c2s) > 0 || len(s2c) > 0 || \
+	 (clink == cv && sess == S_OPEN && slink && scur == cv && spend == NONE))
 
 /* the client starts attachment cv+1 (its old link, if any, stays up) */
 inline reattach() {
@@ -243,16 +273,8 @@ inline reattach() {
 	snd(c2s, ATT_REQ, cv, crecv, 0)
 }
 
-/* the server has proved the session exists: now the client's data may flow */
-inline established() {
-	if
-	:: !cestab -> cestab = true;
-#ifndef EARLY_DATA
-		csend_from(cacked)
-#endif
-	:: else
-	fi
-}
+/* the server has proved the session exists (a record of its own, or an accept) */
+#define established() cestab = true
 
 proctype Client()
 {
@@ -270,11 +292,10 @@ proctype Client()
 		:: t == HELLO_OK ->
 			if
 			:: cst == C_HELLO ->
+				/* the client holds the keys: confirm, and data at once */
 				cst = C_ATT; clink = 0;
 				snd(c2s, CONFIRM, 0, crecv, 0);
-#ifdef EARLY_DATA
 				csend_from(0)
-#endif
 			:: else     /* answer to a duplicated HELLO */
 			fi
 		:: t == ATT_ACC ->
@@ -303,14 +324,12 @@ proctype Client()
 			:: cst == C_REATT && v == cv ->
 				if
 				:: o == R_UNKNOWN && cclosing -> cst = C_DONE   /* CLOSE_OK was lost */
-				:: o == R_UNKNOWN && !cclosing && !cestab ->
-					/* the server never saw a confirm: as far as the
-					 * client can tell the session never existed */
+				:: o == R_UNKNOWN && !cclosing ->
+					/* signed "unknown session": the client gives up.  The
+					 * server must never say so of a session it has proved
+					 * to exist (servers forget sessions only on close). */
+					assert(!cestab);
 					cst = C_FAILED
-				:: o == R_UNKNOWN && !cclosing && cestab ->
-					/* the request overtook the confirm that creates the
-					 * session; the server has proved the session exists */
-					clink = NONE; cst = C_DEAD
 				:: o == R_STALE -> clink = NONE; cst = C_DEAD
 				fi
 			:: else
@@ -336,7 +355,10 @@ proctype Client()
 					:: else
 					fi
 				:: o > crecv ->
-					/* gap: a protocol error that ends the link */
+					/* gap: only a lost message on this very link can cause
+					 * one (senders resume from true lower bounds); it ends
+					 * the link, as that loss would on TCP */
+					assert(lossmask & (1 << v));
 					clink = NONE;
 					if
 					:: cst == C_ATT -> cst = C_DEAD
@@ -357,7 +379,10 @@ proctype Client()
 			fi
 		:: t == CLOSE_OK ->
 			if
-			:: v == clink && cst == C_ATT && cclosing -> cst = C_DONE
+			:: v == clink && cst == C_ATT && cclosing ->
+				/* both ends closed the same attachment */
+				assert(sess == S_CLOSED && scur == v);
+				cst = C_DONE
 			:: else
 			fi
 		:: else
@@ -371,9 +396,9 @@ proctype Client()
 		fi
 
 	/* idle (everything delivered both ways): heartbeat or orderly close */
-	:: atomic { cst == C_ATT && cestab && !cclosing && !cping && cacked == N && crecv == N ->
+	:: atomic { IDLE -> assert(QUIET_AGREEMENT);
 		cping = true; snd(c2s, PING, clink, 0, 0); purge() }
-	:: atomic { cst == C_ATT && cestab && !cclosing && !cping && cacked == N && crecv == N ->
+	:: atomic { IDLE -> assert(QUIET_AGREEMENT);
 		cclosing = true; snd(c2s, CLOSE, clink, crecv, 0); purge() }
 
 	/* migration, or a spurious dead-path timeout, with the old link still up */
@@ -433,15 +458,31 @@ end_server:
 	:: atomic { nempty(c2s) -> rcv(c2s);
 		if
 		:: t == HELLO ->
-			/* stateless until the confirm: half-open handshakes are free */
+			/* no session state until the confirm, only a bounded, expiring
+			 * memory of the answered hello */
+			if
+			:: sess == S_NONE -> semb = true; shello = true
+			:: else
+			fi;
 			snd(s2c, HELLO_OK, 0, 0, 0)
 		:: t == ATT_REQ ->
+			if
+			:: sess == S_NONE && semb ->
+				/* the confirm never came, but the client holds the keys:
+				 * an authentic request completes the session (no link yet)
+				 * and the hello link is closed, its confirm now moot */
+				sess = S_OPEN; scur = 0; shigh = 0; slink = false;
+				semb = false; shello = false
+			:: else
+			fi;
 			if
 			:: sess != S_OPEN -> snd(s2c, REJECT, v, R_UNKNOWN, 0)
 			:: sess == S_OPEN && STALE(v) -> snd(s2c, REJECT, v, R_STALE, 0)
 			:: sess == S_OPEN && !STALE(v) ->
-				/* a stale attach never supersedes a newer one */
-				assert(v > scur);
+				/* a stale attach never supersedes a newer one, and each
+				 * version is answered at most once (so a captured request
+				 * works at most once, and a version means one set of keys) */
+				assert(v > scur && v > shigh);
 				spend = v; shigh = v;
 #ifdef LITERAL_RESUME
 				assert(o >= sacked);    /* the bytes to resend are still held */
@@ -455,10 +496,11 @@ end_server:
 		:: t == CONFIRM || t == DATA || t == ACK || t == PING || t == CLOSE ->
 			/* an encrypted record: which keys, if any, open it? */
 			if
-			:: sess == S_NONE && v == 0 ->
-				/* the confirm on the handshake link creates the session;
+			:: sess == S_NONE && v == 0 && CONFIRM_OK ->
+				/* the confirm on the hello link creates the session;
 				 * the server proves it with a record of its own */
 				sess = S_OPEN; scur = 0; shigh = 0; slink = true;
+				semb = false; shello = false;
 				snd(s2c, ACK, 0, srecv, 0);
 				ssend_from(0, 0)
 			:: sess == S_OPEN && spend != NONE && v == spend ->
@@ -488,7 +530,9 @@ end_server:
 						:: srecv == N -> snd(s2c, ACK, v, srecv, 0)
 						:: else
 						fi
-					:: o > srecv -> slink = false    /* gap ends the link */
+					:: o > srecv ->                  /* gap: see the client */
+						assert(lossmask & (1 << v));
+						slink = false
 					fi
 				:: t == PING -> snd(s2c, PONG, v, 0, 0)
 				:: t == CLOSE ->
@@ -512,6 +556,11 @@ end_server:
 	 * is lost; session state (scur, shigh, offsets, unacked data) is kept */
 	:: atomic { CHAOS && sess == S_OPEN && (slink || spend != NONE) ->
 		slink = false; spend = NONE; purge() }
+	/* an unconfirmed hello times out: its link is closed, its memory dropped */
+	:: atomic { CHAOS && sess == S_NONE && (semb || shello) ->
+		semb = false; shello = false; purge() }
+	/* the answered hello is evicted early (max_pending_handshakes), link open */
+	:: atomic { CHAOS && sess == S_NONE && semb && shello -> semb = false; purge() }
 	/* a pending attach times out before the client's confirm arrives */
 	:: atomic { CHAOS && spend != NONE -> spend = NONE; purge() }
 	od
