@@ -10,15 +10,15 @@ import contextlib
 import ctypes
 import math
 import os
-import selectors
+import queue
 import signal
 import statistics
 import subprocess
-import time
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,20 +115,29 @@ def stop(proc: subprocess.Popen[str] | None, grace: float = 3.0) -> None:
                 stream.close()
 
 
+_line_queues: dict[int, queue.Queue[str | None]] = {}
+
+
+def _pump_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)  # end of output
+
+
 def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    """The child's next stdout line, or an error if it exits or is silent too long."""
+    """The child's next stdout line, or an error if it exits or is silent too long.
+
+    A reader thread per child feeds a queue: waiting on the descriptor instead would
+    miss lines that already sit in the text wrapper's buffer."""
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no output from {proc.args!r} within {timeout:.0f} s")
-            if sel.select(min(left, 0.5)):
-                line = proc.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"{proc.args!r} exited early (rc={proc.wait(5)})")
-                return line.strip()
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args!r} exited early (rc={proc.returncode})")
+    lines = _line_queues.get(proc.pid)
+    if lines is None:
+        lines = _line_queues[proc.pid] = queue.Queue()
+        threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True).start()
+    try:
+        line = lines.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"no output from {proc.args!r} within {timeout:.0f} s") from None
+    if line is None:
+        raise RuntimeError(f"{proc.args!r} exited early (rc={proc.wait(5)})")
+    return line.strip()
