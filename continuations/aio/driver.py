@@ -17,6 +17,7 @@ from continuations.protocol import ClientEndpoint, Event, LinkId, ServerEndpoint
 Address = tuple[str, int]
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 MAX_ROUNDS_PER_PUMP = 32
+LINGER_ON_CLOSE = 2.0  # seconds a closed link may wait for the peer's FIN
 
 
 class Refillable(Protocol):
@@ -148,8 +149,20 @@ class Driver:
                 proto.transport.write(record)
             if tx.close:
                 self.links.pop(tx.link, None)
-                proto.transport.close()
+                self._half_close(proto.transport)
         return bool(out)
+
+    def _half_close(self, transport: asyncio.Transport) -> None:
+        """Send our FIN but keep reading until the peer hangs up (bounded): closing with
+        unread input would make the kernel answer with a reset, and the peer could lose
+        the last records we wrote (a CLOSE, say) before reading them."""
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER_ON_CLOSE, transport.close)
+        else:
+            transport.close()
 
     def _arm_timer(self) -> None:
         when = None if self.closed else self.endpoint.get_timer()

@@ -19,8 +19,10 @@ from continuations.protocol import (
     LinkFailed,
     ParkedSessionWanted,
     ServerEndpoint,
+    SessionClosed,
     SessionConfig,
     SessionEstablished,
+    SessionLost,
 )
 from continuations.protocol.snapshot import SessionSnapshot
 
@@ -51,7 +53,7 @@ class Server:
         self.links_failed = 0
         # Called with the id of a parked session whose client came back (see serve_parked
         # in the runtime); resuming it lets the client's next attempt in.
-        self.on_parked: Callable[[bytes], None] | None = None
+        self.on_parked: Callable[[ParkedSessionWanted], None] | None = None
 
     async def start(self, host: str, port: int) -> None:
         self._server = await self._loop.create_server(
@@ -77,7 +79,7 @@ class Server:
             return
         if isinstance(event, ParkedSessionWanted):
             if self.on_parked is not None:
-                self.on_parked(event.session_id)
+                self.on_parked(event)
             return
         if isinstance(event, LinkFailed):
             self.links_failed += 1
@@ -87,7 +89,9 @@ class Server:
         target = self.sessions.get(session_id) if session_id is not None else None
         if target is not None:
             target._on_event(event)
-            if target.finished:
+            # Only on its own closing event: the core may already be finished while events
+            # queued before SessionClosed/SessionLost (the last data) are delivered.
+            if isinstance(event, SessionClosed | SessionLost):
                 self.sessions.pop(target.id, None)
 
     async def _run(self, session: ServerSession) -> None:

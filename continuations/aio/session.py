@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
@@ -257,6 +258,11 @@ class AsyncSession:
         if self.finished:
             return
         deadline = self._loop.time() + timeout
+        if self.state is not SessionState.ESTABLISHED:
+            # Mid re-attach: the CLOSE can only reach the peer over a link, so wait for one
+            # (within the timeout) rather than close on this side alone.
+            with contextlib.suppress(TimeoutError, SessionError):
+                await asyncio.wait_for(self.wait_attached(), max(0.0, deadline - self._loop.time()))
         while self._core.buffered or self._starved:
             if self.finished or self._loop.time() >= deadline:
                 break

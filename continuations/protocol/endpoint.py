@@ -17,6 +17,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -99,8 +100,11 @@ class _Endpoint:
         self._to_close: dict[LinkId, Link] = {}
         self._has_output: dict[LinkId, Link] = {}
         self._dirty: dict[Session, None] = {}
-        self._heap: list[tuple[float, int, Session | Link]] = []
-        self._scheduled: dict[int, float] = {}  # id(target) -> deadline in the heap
+        # Timer heap of [deadline, seq, target] entries. A superseded or cancelled entry
+        # drops its target at once (so a finished session or a failed link is not kept
+        # alive until its old deadline), and the heap is compacted when they pile up.
+        self._heap: list[list[Any]] = []
+        self._entries: dict[int, list[Any]] = {}  # id(target) -> its live heap entry
         self._seq = itertools.count()
         self._now = now
 
@@ -157,9 +161,10 @@ class _Endpoint:
         heap = self._heap
         due: list[Session | Link] = []
         while heap and heap[0][0] <= now:
-            deadline, _, target = heapq.heappop(heap)
-            if self._scheduled.get(id(target)) == deadline:  # else superseded
-                del self._scheduled[id(target)]
+            entry = heapq.heappop(heap)
+            target = entry[2]
+            if target is not None and self._entries.get(id(target)) is entry:
+                del self._entries[id(target)]
                 due.append(target)
         # Each target fires once per call: a keepalive stays due until transmit() sends it.
         for target in due:
@@ -180,9 +185,10 @@ class _Endpoint:
     def get_timer(self) -> float | None:
         heap = self._heap
         while heap:
-            deadline, _, target = heap[0]
-            if self._scheduled.get(id(target)) == deadline:
-                return deadline
+            entry = heap[0]
+            target = entry[2]
+            if target is not None and self._entries.get(id(target)) is entry:
+                return float(entry[0])
             heapq.heappop(heap)
         return None
 
@@ -195,7 +201,11 @@ class _Endpoint:
             for link in (session.active, session.pending):
                 if link is None or link.closed:
                     continue
-                written = session.flush(link, now, TRANSMIT_BUDGET)
+                try:
+                    written = session.flush(link, now, TRANSMIT_BUDGET)
+                except RemoteError as exc:  # e.g. this link's key is used up: end the link
+                    self._fail_link(link, exc, now)
+                    continue
                 if written >= TRANSMIT_BUDGET and link.writable:
                     self._dirty[session] = None  # more to send; come back next call
                 if link.out:
@@ -229,6 +239,7 @@ class _Endpoint:
     def _close_link(self, link: Link) -> None:
         if not link.closed:
             link.move(LinkTrigger.CLOSE)
+        link.decoder = RecordDecoder()  # drop whatever input it buffered: nothing reads it
         if link.id in self._links:
             self._to_close[link.id] = link
 
@@ -267,13 +278,23 @@ class _Endpoint:
             deadline: float | None = target.created + self.config.handshake_timeout
         else:
             deadline = target.next_deadline()
-        key = id(target)
-        if deadline is None:
-            self._scheduled.pop(key, None)
+        current = self._entries.get(id(target))
+        if current is not None and current[0] == deadline:
             return
-        if self._scheduled.get(key) != deadline:
-            self._scheduled[key] = deadline
-            heapq.heappush(self._heap, (deadline, next(self._seq), target))
+        self._unschedule(target)
+        if deadline is None:
+            return
+        entry = [deadline, next(self._seq), target]
+        self._entries[id(target)] = entry
+        heapq.heappush(self._heap, entry)
+        if len(self._heap) > 2 * len(self._entries) + 64:
+            self._heap = [e for e in self._heap if e[2] is not None]
+            heapq.heapify(self._heap)
+
+    def _unschedule(self, target: Session | Link) -> None:
+        entry = self._entries.pop(id(target), None)
+        if entry is not None:
+            entry[2] = None  # let go of the target now, not when the deadline comes
 
     def _lose_session_of(self, link: Link, reason: str) -> None:
         session = self._session_of(link)
@@ -487,7 +508,7 @@ class ServerEndpoint(_Endpoint):
         session.detach_all()
         del self.sessions[session_id]
         self.parked.add(session_id)
-        self._scheduled.pop(id(session), None)
+        self._unschedule(session)
         return snap
 
     def restore_session(self, snapshot: SessionSnapshot, now: float) -> Session:
@@ -506,7 +527,7 @@ class ServerEndpoint(_Endpoint):
 
     def _bind(self, link: Link) -> None:
         self._unbound.pop(link.id, None)
-        self._scheduled.pop(id(link), None)
+        self._unschedule(link)
 
     def _close_link(self, link: Link) -> None:
         self._bind(link)
@@ -629,10 +650,15 @@ class ServerEndpoint(_Endpoint):
 
     def _answer_attach(self, link: Link, request: AttachRequest, now: float) -> None:
         session = self.sessions.get(request.session_id) or self._hatch(request, link, now)
+        if session is None and request.session_id in self._embryos:
+            # An answered hello exists, but this request's proof failed: a signed "unknown"
+            # here would let an on-path attacker make the real client give the session up.
+            self._reject(link, RejectCode.BAD_PROOF)
+            return
         if session is None or session.finished:
             if request.session_id in self.parked:
                 self._reject(link, RejectCode.SUSPENDED, request)
-                self._emit(ParkedSessionWanted(session_id=request.session_id))
+                self._emit(ParkedSessionWanted(session_id=request.session_id, request=request))
             else:
                 self._reject(link, RejectCode.UNKNOWN_SESSION, request)
             return
@@ -670,4 +696,4 @@ class ServerEndpoint(_Endpoint):
     def _reap(self, session: Session) -> None:
         if session.finished and self.sessions.get(session.id) is session:
             del self.sessions[session.id]
-            self._scheduled.pop(id(session), None)
+            self._unschedule(session)

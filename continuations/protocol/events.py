@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from continuations.errors import RemoteError
+from continuations.protocol.wire import AttachRequest
 
 LinkId = int
 
@@ -99,9 +100,12 @@ class RekeyDue:
 class ParkedSessionWanted:
     """A client tried to re-attach to a session this server parked (suspended to disk).
 
-    It was told to retry; a driver that resumes the session now lets the retry in."""
+    It was told to retry; a driver that resumes the session now lets the retry in. The
+    request is unverified (the resume key is not in memory): check its proof against
+    the stored key before doing anything costly."""
 
     session_id: bytes
+    request: AttachRequest
 
 
 Event = (

@@ -40,7 +40,15 @@ from continuations.errors import (
     LocalError,
     NotFoundError,
 )
-from continuations.protocol import Disconnected, Event, Reattached, SessionClosed, SessionLost
+from continuations.protocol import (
+    Disconnected,
+    Event,
+    ParkedSessionWanted,
+    Reattached,
+    SessionClosed,
+    SessionLost,
+)
+from continuations.protocol.handshake import request_is_authentic
 from continuations.protocol.snapshot import SessionSnapshot
 from continuations.runtime.conditions import NetworkConditions
 from continuations.runtime.context import SessionContext
@@ -422,9 +430,18 @@ class Runtime:
                 parked += 1
         resuming: set[str] = set()
 
-        def wanted(session_id: bytes) -> None:
-            sid = session_id.hex()
+        def wanted(event: ParkedSessionWanted) -> None:
+            sid = event.session_id.hex()
             if sid in resuming or sid in self.contexts:
+                return
+            # Session ids travel in the clear: only a request that proves the session's
+            # key may cost us a resume.
+            try:
+                snapshot = SessionSnapshot.decode(self.store.load_protocol_state(sid))
+            except ContinuationsError:
+                return
+            if not request_is_authentic(event.request, snapshot.resume_key):
+                log.warning("ignored an unproven attach to parked session %s", sid)
                 return
             resuming.add(sid)
 
