@@ -417,6 +417,11 @@ def test_ssh_to_a_target_the_server_does_not_allow(
     assert (f"continuations: tunnel server 127.0.0.1:{server_port} refused the connection: "
             f"target 127.0.0.1:{sshd.port} is not allowed by this tunnel server "
             f"(allow it with --allow 127.0.0.1:{sshd.port})") in done.stderr
+    # The server logs the refusal in its own time; ssh may have exited first.
+    for _ in range(100):
+        if "refused" in server_log.read_text():
+            break
+        time.sleep(0.05)
     assert "refused" in server_log.read_text()
 
 
