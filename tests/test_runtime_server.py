@@ -13,6 +13,9 @@ from continuations import connect
 from continuations.protocol import SessionConfig
 
 APP = Path(__file__).parent / "runtime_apps" / "server_app.py"
+# Clients that notice a vanished server quickly and come back quickly.
+RECONNECT_FAST = SessionConfig(keepalive_interval=0.1, min_dead_timeout=0.4, dead_timeout=1.0,
+                               reconnect_initial_delay=0.05, reconnect_max_delay=0.5)
 
 
 async def wait_file(path: Path, timeout: float = 20.0) -> str:
@@ -39,9 +42,8 @@ def test_server_restart_suspends_sessions_and_the_new_server_resumes_them(
     async def main() -> tuple[list[bytes], str]:
         start("serve", 0)
         port = int(await wait_file(tmp_path / "serve.port"))
-        config = SessionConfig(keepalive_interval=0.1, min_dead_timeout=0.4, dead_timeout=1.0,
-                               reconnect_initial_delay=0.05, reconnect_max_delay=0.5)
-        client = await connect("127.0.0.1", port, known_hosts=tmp_path / "kh", config=config)
+        client = await connect("127.0.0.1", port, known_hosts=tmp_path / "kh",
+                               config=RECONNECT_FAST)
         stream = client.open_stream()
         replies = []
         for n in range(100):
@@ -86,9 +88,8 @@ def test_a_suspended_server_session_resumes_when_its_client_comes_back(tmp_path:
 
     async def main() -> list[bytes]:
         port = int(await wait_file(tmp_path / "serve.port"))
-        config = SessionConfig(keepalive_interval=0.1, min_dead_timeout=0.4, dead_timeout=1.0,
-                               reconnect_initial_delay=0.05, reconnect_max_delay=0.5)
-        client = await connect("127.0.0.1", port, known_hosts=tmp_path / "kh", config=config)
+        client = await connect("127.0.0.1", port, known_hosts=tmp_path / "kh",
+                               config=RECONNECT_FAST)
         stream = client.open_stream()
         replies = []
         for n in range(20):

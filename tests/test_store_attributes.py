@@ -13,26 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from continuations.errors import ConflictError, LocalError, NotFoundError, StoreError
-from continuations.store import SessionRecord, Store, ValueKind
+from continuations.store import Store, ValueKind
+from storehelpers import S1, S2, session
 
 pytestmark = pytest.mark.timeout(60)
 
-S1 = "a1" * 8
-S2 = "b2" * 8
-
-
-def session(sid: str, **overrides: Any) -> SessionRecord:
-    fields: dict[str, Any] = {
-        "id": sid,
-        "app": "demo",
-        "role": "server",
-        "state": "attached",
-        "peer": "127.0.0.1:7000",
-        "created": 100.0,
-        "updated": 100.0,
-    }
-    fields.update(overrides)
-    return SessionRecord(**fields)
 
 
 @pytest.fixture

@@ -13,19 +13,13 @@ import sqlite_utils
 
 import continuations.store as store_package
 from continuations.errors import LocalError, SchemaError
-from continuations.store import Registry, SessionRecord, Store, default_path
+from continuations.store import Registry, Store, default_path
 from continuations.store.database import Connection
 from continuations.store.migrations import MIGRATIONS
+from storehelpers import S1, session
 
 pytestmark = pytest.mark.timeout(60)
 
-S1 = "a1" * 8
-
-
-def session(sid: str) -> SessionRecord:
-    return SessionRecord(
-        id=sid, app="demo", role="server", state="attached", peer="p", created=1.0, updated=1.0
-    )
 
 
 def mode(path: Path) -> int:

@@ -12,18 +12,11 @@ import dill  # type: ignore[import-untyped]
 import pytest
 
 from continuations.errors import IntegrityError, SchemaError
-from continuations.store import SessionRecord, Store
+from continuations.store import Store
+from storehelpers import S1, S2, session
 
 pytestmark = pytest.mark.timeout(60)
 
-S1 = "a1" * 8
-S2 = "b2" * 8
-
-
-def session(sid: str) -> SessionRecord:
-    return SessionRecord(
-        id=sid, app="demo", role="server", state="attached", peer="p", created=1.0, updated=1.0
-    )
 
 
 @pytest.fixture

@@ -12,26 +12,11 @@ import dill  # type: ignore[import-untyped]
 import pytest
 
 from continuations.errors import LocalError, NotFoundError
-from continuations.store import ContinuationInfo, SessionRecord, Store
+from continuations.store import ContinuationInfo, Store
+from storehelpers import S1, S2, session
 
 pytestmark = pytest.mark.timeout(60)
 
-S1 = "a1" * 8
-S2 = "b2" * 8
-
-
-def session(sid: str, **overrides: Any) -> SessionRecord:
-    fields: dict[str, Any] = {
-        "id": sid,
-        "app": "demo",
-        "role": "server",
-        "state": "attached",
-        "peer": "127.0.0.1:7000",
-        "created": 100.0,
-        "updated": 100.0,
-    }
-    fields.update(overrides)
-    return SessionRecord(**fields)
 
 
 @pytest.fixture

@@ -58,7 +58,6 @@ class ClientSession(AsyncSession):
         self._random = random.Random()
         self._outcomes: dict[LinkId, asyncio.Future[None]] = {}
         self._reconnector: asyncio.Task[None] | None = None
-        self.reconnect_attempts = 0
         self.rekeys = 0
         self._background: set[asyncio.Task[None]] = set()
         self.last_error: BaseException | None = None
@@ -181,7 +180,6 @@ class ClientSession(AsyncSession):
                 if self.finished or self._core.state is not SessionState.DISCONNECTED:
                     return
             attempt += 1
-            self.reconnect_attempts += 1
             try:
                 await self._attach(self.local_host)
                 return

@@ -116,8 +116,6 @@ class Session:
         self.peer_opened = 0  # streams of the peer's that this side has seen
         self.rtt = RttEstimator()
         self.disconnected_since: float | None = None
-        self.created = now
-        self.bytes_sent_again = 0
         self._buffered = 0
         self._closing: tuple[int, str] | None = None
         self._rr = 0
@@ -329,7 +327,6 @@ class Session:
             stream.ack_sent = -1
             if stream.complete():
                 self._forget(stream)
-        self.bytes_sent_again += replay
         return replay
 
     def rewind_to_acked(self) -> None:

@@ -107,7 +107,6 @@ class Runtime:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.last_conditions: dict[str, NetworkConditions] = {}
 
     async def start_control(self) -> str:
         """Listen on this process's control socket (before ``manage``), so that
@@ -471,7 +470,6 @@ class Runtime:
         async def run() -> None:
             await ctx.session.wait_attached()
             conditions = self.measure(ctx, record)
-            self.last_conditions[ctx.session_id] = conditions
             await tree.invoke(conditions, ctx)
 
         task = asyncio.ensure_future(run())
