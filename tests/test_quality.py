@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_mypy_strict_is_clean() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "continuations"],
+        [sys.executable, "-m", "mypy", "--strict", "continuations", "apps"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -19,7 +19,7 @@ def test_mypy_strict_is_clean() -> None:
 
 def test_ruff_is_clean() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "continuations", "tests"],
+        [sys.executable, "-m", "ruff", "check", "continuations", "apps", "tests"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -27,6 +27,7 @@ from continuations.protocol import (
     StreamDataReceived,
     StreamOpened,
 )
+from continuations.protocol.keys import channel_binding
 from continuations.protocol.snapshot import SessionSnapshot
 
 Listener = Callable[[Event], None]
@@ -53,6 +54,12 @@ class AsyncSession:
     @property
     def id_hex(self) -> str:
         return self._core.id.hex()
+
+    @property
+    def channel_binding(self) -> bytes:
+        """32 bytes unique to this session, known only to its two ends (stable across
+        re-attachments): sign it to bind an application-level proof to the session."""
+        return channel_binding(self._core.resume_key)
 
     @property
     def state(self) -> SessionState:

@@ -13,7 +13,7 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from continuations.errors import StreamStateError
+from continuations.errors import ProtocolError, StreamStateError
 
 if TYPE_CHECKING:
     from continuations.aio.session import AsyncSession
@@ -116,13 +116,19 @@ class SessionStream:
             await self._wait_for_data()
         return self._take(n)
 
-    async def readline(self) -> bytes:
+    async def readline(self, limit: int | None = None) -> bytes:
+        """One line, newline included (less at the end of the stream). With ``limit``,
+        a peer's line longer than that raises ``ProtocolError`` instead of growing the
+        buffer without bound."""
         searched = 0
         while True:
             pending = self._peek_all()
             end = pending.find(b"\n", searched)
-            if end >= 0:
+            if end >= 0 and (limit is None or end < limit):
                 return self._take(end + 1)
+            if limit is not None and (end >= limit or len(pending) > limit):
+                raise ProtocolError(f"line longer than {limit} bytes on stream "
+                                    f"{self.stream_id}")
             searched = len(pending)
             if self._eof:
                 return self._take(self._buffered)

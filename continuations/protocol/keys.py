@@ -43,6 +43,13 @@ def _hkdf(ikm: bytes, salt: bytes, label: bytes) -> bytes:
     )
 
 
+def channel_binding(resume_key: bytes) -> bytes:
+    """A value unique to one session and known only to its two ends, for applications
+    that sign something bound to the session (user authentication): a signature made
+    for one session is worthless in any other, even one with the same server."""
+    return _hkdf(resume_key, b"", b"channel binding")
+
+
 def transcript_hash(*parts: bytes) -> bytes:
     h = hashlib.sha256(_LABEL + b"transcript")
     for part in parts:

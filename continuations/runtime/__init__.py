@@ -13,6 +13,8 @@ from continuations.runtime.resources import (
     ManagedListener,
     ManagedProcess,
     ManagedSocket,
+    Resource,
+    register_kind,
 )
 from continuations.runtime.runtime import Policy, Runtime, SuspendResult
 
@@ -27,7 +29,9 @@ __all__ = [
     "NetworkConditions",
     "Policy",
     "RESUME_SIGNAL",
+    "Resource",
     "Runtime",
     "SessionContext",
     "SuspendResult",
+    "register_kind",
 ]

@@ -82,6 +82,11 @@ class SessionContext:
         self._add(name or f"process {managed.pid}", managed)
         return managed
 
+    def adopt(self, name: str, resource: Resource) -> None:
+        """Put a resource of the application's own kind (see ``register_kind``) under
+        the runtime: released after a suspension is stored, reacquired on resume."""
+        self._add(name, resource)
+
     def resource(self, name: str) -> Resource:
         try:
             return self.resources[name]

@@ -26,10 +26,10 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from continuations.errors import ResourceError
 
@@ -250,14 +250,31 @@ class ManagedProcess:
         return child
 
 
-Resource = ManagedFile | ManagedListener | ManagedSocket | ManagedProcess
+class Resource(Protocol):
+    """What the runtime needs of a resource: how to get it back (a JSON-able record
+    with a registered ``kind``), and to let go of it once the suspension is stored."""
 
-_KINDS: dict[str, type[Resource]] = {
-    "file": ManagedFile,
-    "listener": ManagedListener,
-    "socket": ManagedSocket,
-    "process": ManagedProcess,
+    def describe(self) -> Record: ...
+
+    def release(self) -> Record: ...
+
+
+_KINDS: dict[str, Callable[[Record], Resource]] = {
+    "file": ManagedFile.reacquire,
+    "listener": ManagedListener.reacquire,
+    "socket": ManagedSocket.reacquire,
+    "process": ManagedProcess.reacquire,
 }
+
+
+def register_kind(kind: str, reacquire: Callable[[Record], Resource]) -> None:
+    """Teach the runtime an application's own kind of resource (a terminal held by a
+    keeper process, say): ``reacquire(record)`` gets it back from its ``describe()``.
+    Register it at import time of the module that defines it, so a resuming process
+    that loads the continuation knows the kind."""
+    if kind in _KINDS and _KINDS[kind] is not reacquire:
+        raise ResourceError(f"resource kind {kind!r} is already registered")
+    _KINDS[kind] = reacquire
 
 
 def reacquire(record: Record) -> Resource:
@@ -265,4 +282,4 @@ def reacquire(record: Record) -> Resource:
     factory = _KINDS.get(kind) if isinstance(kind, str) else None
     if factory is None:
         raise ResourceError(f"unknown resource kind {kind!r}")
-    return factory.reacquire(record)
+    return factory(record)

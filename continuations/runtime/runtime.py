@@ -186,9 +186,7 @@ class Runtime:
         if isinstance(event, Disconnected):
             self._set_state(sid, "disconnected")
             loop = asyncio.get_running_loop()
-            self._timers[sid] = loop.call_later(
-                self.policy.suspend_after, self._spawn, self._auto_suspend(sid)
-            )
+            self._timers[sid] = loop.call_later(self.policy.suspend_after, self._suspend_later, sid)
         elif isinstance(event, Reattached):
             timer = self._timers.pop(sid, None)
             if timer is not None:
@@ -204,6 +202,11 @@ class Runtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _suspend_later(self, sid: str) -> None:
+        # The coroutine is made when the timer fires: one made when it is set would
+        # be left never awaited by every timer cancelled on re-attach.
+        self._spawn(self._auto_suspend(sid))
+
     async def _auto_suspend(self, sid: str) -> None:
         try:
             result = await self.suspend(sid, reason="disconnected too long")
@@ -212,7 +215,7 @@ class Runtime:
             return
         if result.status == "blocked":  # stay frozen; ask again after another period
             self._timers[sid] = asyncio.get_running_loop().call_later(
-                self.policy.suspend_after, self._spawn, self._auto_suspend(sid)
+                self.policy.suspend_after, self._suspend_later, sid
             )
 
     def _set_state(self, sid: str, state: str) -> None:

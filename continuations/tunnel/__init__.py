@@ -6,7 +6,7 @@ OpenSSH ProxyCommand (stdin/stdout) or as a local port forwarder. See
 docs/tunnels.md.
 """
 
-from continuations.tunnel.client import Forwarder, TunnelClient
+from continuations.tunnel.client import Forwarder, Relay, SessionRelay, TunnelClient, relay_on
 from continuations.tunnel.ends import Sink, SocketEnd, Source, open_stdio
 from continuations.tunnel.header import (
     VERSION,
@@ -27,6 +27,8 @@ __all__ = [
     "Forward",
     "Forwarder",
     "HeaderError",
+    "Relay",
+    "SessionRelay",
     "Sink",
     "SocketEnd",
     "Source",
@@ -42,6 +44,7 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "open_stdio",
+    "relay_on",
     "serve_tunnel",
     "splice",
 ]

@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
-from continuations.aio import ClientSession, SessionStream, connect
+from continuations.aio import AsyncSession, ClientSession, SessionStream, connect
 from continuations.errors import ContinuationsError, SessionError
 from continuations.protocol import (
     Disconnected,
@@ -35,7 +37,7 @@ from continuations.tunnel.header import (
 from continuations.tunnel.splice import SpliceResult, splice
 from continuations.tunnel.targets import Forward, Target
 
-__all__ = ["Forwarder", "TunnelClient"]
+__all__ = ["Forwarder", "Relay", "SessionRelay", "TunnelClient", "relay_on"]
 
 log = logging.getLogger("continuations.tunnel")
 
@@ -161,12 +163,21 @@ class TunnelClient:
         Raises ``TunnelRefusedError`` if the server refuses; ``SessionError`` if no
         session can be opened.
         """
-        session, stream = await self.open_stream(target)
+        return await relay_on(await self.session(), target, source, sink)
 
-        async def expect_ok() -> None:
-            await _read_reply(stream)
 
-        return await splice(session, stream, source, sink, first=expect_ok)
+async def relay_on(session: AsyncSession, target: Target, source: Source,
+                   sink: Sink) -> SpliceResult:
+    """Forward one local end to ``target`` over a new stream of ``session``: the tunnel
+    header, then bytes both ways until both ends close (``TunnelRefusedError`` if the
+    far side refuses the target)."""
+    stream = session.open_stream()
+    stream.write(encode_request(target))
+
+    async def expect_ok() -> None:
+        await _read_reply(stream)
+
+    return await splice(session, stream, source, sink, first=expect_ok)
 
 
 async def _read_reply(stream: SessionStream) -> None:
@@ -176,10 +187,27 @@ async def _read_reply(stream: SessionStream) -> None:
     decode_reply(line)
 
 
+class Relay(Protocol):
+    """Something that carries one local connection to a target (``TunnelClient``, or a
+    session the application already has, wrapped by ``SessionRelay``)."""
+
+    async def relay(self, target: Target, source: Source, sink: Sink) -> SpliceResult: ...
+
+
+class SessionRelay:
+    """Forwards over one given session (an application's own, like the shell's)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def relay(self, target: Target, source: Source, sink: Sink) -> SpliceResult:
+        return await relay_on(self.session, target, source, sink)
+
+
 class Forwarder:
     """Listens on a local port; each connection becomes a stream to ``forward.target``."""
 
-    def __init__(self, client: TunnelClient, forward: Forward) -> None:
+    def __init__(self, client: Relay, forward: Forward) -> None:
         self.client = client
         self.forward = forward
         self._server: asyncio.base_events.Server | None = None
@@ -188,11 +216,16 @@ class Forwarder:
         self.connections = 0
         self.refused = 0
 
-    async def start(self) -> tuple[str, int]:
-        self._server = await asyncio.start_server(
-            self._accepted, self.forward.bind, self.forward.port, limit=CHUNK,
-            reuse_address=True,
-        )
+    async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listen on the forward's address, or on ``sock`` if given (a listener the
+        runtime manages, released while the session is suspended)."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._accepted, sock=sock, limit=CHUNK)
+        else:
+            self._server = await asyncio.start_server(
+                self._accepted, self.forward.bind, self.forward.port, limit=CHUNK,
+                reuse_address=True,
+            )
         return self.address
 
     @property

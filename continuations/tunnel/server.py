@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from continuations.aio import Server, ServerSession, SessionStream, serve
+from continuations.aio import AsyncSession, Server, ServerSession, SessionStream, serve
 from continuations.errors import SessionError
 from continuations.protocol import SessionConfig
 from continuations.tunnel.ends import CHUNK, SocketEnd
@@ -60,11 +60,11 @@ class TunnelServer:
 
     def __init__(
         self,
-        allow: Iterable[Target] = DEFAULT_ALLOWED,
+        allow: Iterable[Target] | AllowList = DEFAULT_ALLOWED,
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
-        self.allow = AllowList(allow)
+        self.allow = allow if isinstance(allow, AllowList) else AllowList(allow)
         self.connect_timeout = connect_timeout
         self.stats = TunnelStats()
         self.server: Server | None = None
@@ -78,7 +78,7 @@ class TunnelServer:
         try:
             while True:
                 stream = await session.accept_stream()
-                task = asyncio.ensure_future(self._stream(session, stream, name))
+                task = asyncio.ensure_future(self.handle_stream(session, stream, name))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except SessionError as exc:
@@ -101,7 +101,9 @@ class TunnelServer:
             stream.write_eof()
             await discard(stream)
 
-    async def _stream(self, session: ServerSession, stream: SessionStream, name: str) -> None:
+    async def handle_stream(self, session: AsyncSession, stream: SessionStream,
+                            name: str) -> None:
+        """Serve one stream: header, allow check, connect, relay until both ends close."""
         self.stats.streams += 1
         where = f"session {name} stream {stream.stream_id}"
         try:

@@ -73,14 +73,20 @@ DEFAULT_ALLOWED = (Target("127.0.0.1", 22),)
 class AllowList:
     """The targets a tunnel server connects to; anything else is refused."""
 
-    def __init__(self, targets: Iterable[Target] = DEFAULT_ALLOWED) -> None:
+    def __init__(self, targets: Iterable[Target] = DEFAULT_ALLOWED, *,
+                 everything: bool = False) -> None:
+        # everything=True is ssh's AllowTcpForwarding: for servers whose clients are
+        # authenticated users (the shell), not for the unauthenticated tunnel server.
         self.targets = tuple(dict.fromkeys(targets))
+        self.everything = everything
         self._keys = {t.key() for t in self.targets}
 
     def allows(self, target: Target) -> bool:
-        return target.key() in self._keys
+        return self.everything or target.key() in self._keys
 
     def __str__(self) -> str:
+        if self.everything:
+            return "any target"
         return ", ".join(map(str, self.targets)) or "nothing"
 
 
