@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from continuations.runtime import forkserver
 from continuations.store import SessionRecord, Store
 
 BIN = Path(sys.executable).parent
@@ -186,6 +187,8 @@ class ShellRig:
 
     def close(self) -> None:
         self.tmux("kill-server", check=False)
+        with contextlib.suppress(OSError):  # contsh in a terminal forks from it
+            forkserver.stop(self.tmp / "client-run")
         for proc in self.pipes:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

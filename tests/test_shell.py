@@ -85,7 +85,8 @@ def test_killed_client_resumes_from_a_new_process(rig: ShellRig) -> None:
     record = rig.wait_client_session("established")
     assert record.pid is not None
     os.kill(record.pid, signal.SIGKILL)
-    rig.wait("a", r"EXIT=137")  # the terminal stays raw: no carriage returns
+    # Killed: 137, or 255 from the launcher when the client was forked by the resumer.
+    rig.wait("a", r"EXIT=(137|255)")  # the terminal stays raw: no carriage returns
 
     rig.open_pane("b", [*rig.client_argv("--resume", record.id[:8])])
     rig.wait("b", "taking its shell over")
@@ -218,17 +219,28 @@ def test_window_size_forwarding_status_and_password(rig: ShellRig) -> None:
 
 
 def test_a_crashed_server_loses_sessions_not_shells(rig: ShellRig) -> None:
+    """One client connected, one suspended to disk: after kill -9 of the server both
+    shells are taken over, the first by itself, the second by contsh --resume."""
     port = rig.start_server()
     rig.open_pane("a", rig.client_argv("127.0.0.1"))
-    pid = rig.shell_pid("a", "first")
-    rig.type("a", "CRASH_STATE=survived")
-    rig.servers[-1].kill()  # no chance to suspend anything: the keeper still has the shell
+    rig.open_pane("b", rig.client_argv("127.0.0.1"))
+    pid, pid_b = rig.shell_pid("a", "first"), rig.shell_pid("b", "b")
+    rig.type("a", "CRASH_STATE=survived; echo $((2+3))set")
+    rig.wait("a", r"^5set")
+    rig.keys("b", "Enter", "~", "C-z")
+    rig.wait("b", r"^EXIT=0\s*$")
+    suspended = rig.wait_client_session("suspended")
+    rig.servers[-1].kill()  # no chance to suspend anything: the keeper still has the shells
     rig.servers[-1].wait(10)
     rig.start_server(port=port)
     rig.wait("a", "the server lost this session; logging in again", timeout=40)
     rig.type("a", "echo back=$$ $CRASH_STATE")
     match = rig.wait("a", r"^back=(\d+) (\w+)\s*$")
     assert (int(match.group(1)), match.group(2)) == (pid, "survived")
+
+    rig.open_pane("c", rig.client_argv("--resume", suspended.id[:8]))
+    rig.wait("c", "the server lost session .*; taking its shell over")
+    assert rig.shell_pid("c", "c") == pid_b
 
 
 def test_the_status_line_gives_the_bottom_row_back(rig: ShellRig, relay: RelayThread) -> None:

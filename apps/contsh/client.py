@@ -37,18 +37,22 @@ from apps.contsh.terminal import (
     ScreenTracker,
     StatusLine,
     raw_mode,
+    read_secret,
     window_size,
 )
 from continuations import ClientSession, SessionStream, connect
 from continuations.errors import (
+    AttachRejectedError,
     AuthenticationError,
     ConfigError,
+    ConnectError,
     ContinuationError,
     ContinuationsError,
     ProtocolError,
     SessionError,
 )
 from continuations.protocol import Disconnected, Event, Reattached, SessionLost
+from continuations.protocol.wire import RejectCode
 from continuations.runtime import Continuation, NetworkConditions, Runtime, SessionContext
 from continuations.runtime.resources import ManagedListener, _alive
 from continuations.tunnel import Forward, Forwarder, SessionRelay
@@ -370,7 +374,7 @@ def _identities(login: Login) -> list[Path]:
 
 
 def _passphrase_for(path: Path) -> Callable[[], str]:
-    return lambda: getpass.getpass(f"Enter passphrase for key '{path}': ")
+    return lambda: read_secret(f"Enter passphrase for key '{path}': ")
 
 
 async def authenticate(session: ClientSession, control: SessionStream, login: Login) -> str:
@@ -394,7 +398,7 @@ async def authenticate(session: ClientSession, control: SessionStream, login: Lo
     if (login.password or not errors) and "password" in methods and os.isatty(STDIN):
         for _ in range(3):
             password = await asyncio.to_thread(
-                getpass.getpass, f"{login.user}@{login.host}'s password: ")
+                read_secret, f"{login.user}@{login.host}'s password: ")
             control.write(messages.encode("auth", user=login.user, method="password",
                                           password=password))
             reply = await _reply(control)
@@ -456,16 +460,26 @@ async def resume(runtime: Runtime, record_id: str, local_host: str | None) -> in
     if record.app != APP:
         raise ConfigError(f"session {record.id} belongs to {record.app!r}, not contsh")
     if record.state == "suspended":
-        _, task = await runtime.resume(record.id, local_host=local_host)
-        await task
-        return EXIT_CODES.pop(record.id, 0)
-    if record.pid is not None and record.pid != os.getpid() and _alive(record.pid):
+        try:
+            _, task = await runtime.resume(record.id, local_host=local_host)
+        except ConnectError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, AttachRejectedError)
+                    and cause.code == RejectCode.UNKNOWN_SESSION):
+                raise
+            # The server forgot the session (it crashed meanwhile); its shell may live on.
+            _say(f"contsh: the server lost session {record.id[:8]}; taking its shell over")
+        else:
+            await task
+            return EXIT_CODES.pop(record.id, 0)
+    elif record.pid is not None and record.pid != os.getpid() and _alive(record.pid):
         raise ContinuationError(f"session {record.id[:8]} is live in process {record.pid}; "
                                 "suspend it there with ~^Z first")
+    else:
+        _say(f"contsh: client of session {record.id[:8]} is gone; taking its shell over")
     saved = dict(record.meta["contsh"])
     shell = saved.pop("shell")
     login = Login(**saved)
     if local_host:
         login.local_host = local_host
-    _say(f"contsh: client of session {record.id[:8]} is gone; taking its shell over")
     return await open_shell(runtime, login, attach=shell, replaces=record.id)

@@ -95,6 +95,31 @@ def raw_mode(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+def read_secret(prompt: str, fd: int = 0) -> str:
+    """A line typed on ``fd`` without echo (a passphrase, a password).
+
+    ``getpass`` talks to /dev/tty, which a client forked by the resumer does not have
+    (the terminal is passed to it, but is not its controlling terminal)."""
+    if not os.isatty(fd):
+        raise OSError("no terminal to ask for a password on")
+    saved = termios.tcgetattr(fd)
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    os.write(fd, prompt.encode())
+    termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+    try:
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(fd, 1024)
+            if not chunk:
+                break
+            line += chunk
+    finally:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+        os.write(fd, b"\n")
+    return line.rstrip(b"\r\n").decode(errors="replace")
+
+
 _ALT_SCREEN = re.compile(rb"\x1b\[\?(?:1049|1047|47)([hl])")
 _CURSOR_REPORT = re.compile(rb"\x1b\[(\d+);(\d+)R")
 _LAST_LINE = 4096
