@@ -268,3 +268,28 @@ def test_control_socket_is_private_and_answers_only_for_live_sessions(
     assert mode == 0o600 and dir_mode == 0o700
     assert ping["app"] == "app" and ping["sessions"] == []
     assert "not live" in refused
+
+
+def test_resume_reports_a_changed_path(tmp_path: Path) -> None:
+    """Regression: the local address was read after detaching (always None), so
+    ``path_changed`` was never true."""
+    seen = tmp_path / "conditions.txt"
+
+    def report(state: Any, conditions: NetworkConditions, ctx: SessionContext) -> None:
+        seen.write_text(f"{conditions.path_changed} {conditions.local_address}")
+
+    async def main() -> str:
+        runtime = Runtime("app", tmp_path / "store.db")
+        ctx = await live(tmp_path, runtime)
+        before = ctx.session.path[0]
+        assert before is not None and before[0] == "127.0.0.1"
+        runtime.on_disconnect("s")(lambda c: Continuation(report))
+        await runtime.suspend(ctx.session_id)
+        again = Runtime("app", runtime.store)
+        resumed, task = await again.resume(ctx.session_id, local_host="127.0.0.2")
+        await task
+        await resumed.session.close()
+        again.close()
+        return seen.read_text()
+
+    assert run(main()).startswith("True ('127.0.0.2'")

@@ -139,6 +139,8 @@ def _check(request: Any, fds: list[int]) -> None:
 
 
 def serve_forever(path: Path) -> None:
+    # Paid once here, not by every forked child: that is the point of the resumer.
+    importlib.import_module("continuations.runtime.launch")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

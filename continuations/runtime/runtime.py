@@ -284,6 +284,7 @@ class Runtime:
             return SuspendResult(session_id=session_id, status="blocked")
         assert isinstance(outcome, Continuation)
         blob = self._serialise(outcome)  # before anything changes: a failure leaves all as is
+        local = ctx.session.path[0]  # gone once detached; a resume compares against it
         snapshot = self._detach(ctx)
         records = [{"name": name, **res.describe()} for name, res in ctx.resources.items()]
         protocol = snapshot.encode()
@@ -298,7 +299,7 @@ class Runtime:
                 session_id, state="suspended", pid=None, control_socket=None, updated=now,
                 expires=now + self.policy.expire_after,
                 meta={**record.meta, "suspended_reason": reason, "delivery_rate": rate,
-                      "local": ctx.session.path[0] and list(ctx.session.path[0])},
+                      "local": list(local) if local else record.meta.get("local")},
             )
         # Persisted: only now let go (a failure above leaves every resource held).
         for res in ctx.resources.values():
