@@ -263,3 +263,30 @@ def test_the_status_line_gives_the_bottom_row_back(rig: ShellRig, relay: RelayTh
     assert after[-1].rstrip() == before[-1].rstrip(), (before[-1], after[-1])
     rig.keys("a", "Enter")
     rig.wait("a", r"^half-typed\s*$")
+
+
+def test_the_server_suspends_an_absent_client_and_resumes_it(rig: ShellRig) -> None:
+    """--suspend-after 1: the SSH continuation runs while the client is away (its
+    session goes to the store, its terminal back to the keeper); the returning client
+    brings it back, compression carrying on from the saved history."""
+    rig.start_server("--suspend-after", "1")
+    relay = RelayThread(("127.0.0.1", rig.port))
+    try:
+        rig.open_pane("a", rig.client_argv("127.0.0.1", port=relay.address[1]))
+        pid = rig.shell_pid("a", "first")
+        rig.type("a", "seq 1000 1300 | tr '\\n' ' '; echo")
+        rig.wait("a", r"1299 1300")
+        relay.blackhole()
+        wait_for(lambda: "suspended" in (rig.tmp / "server-run").joinpath(
+            next(p.name for p in (rig.tmp / "server-run").glob("contsh-status-*"))
+        ).read_text(), 30, "the server to suspend the session")
+        rig.type("a", "echo $((7*6))-typed-while-suspended")
+        relay.heal()
+        rig.wait("a", r"^42-typed-while-suspended\s*$", timeout=40)
+        rig.type("a", "seq 1000 1300 | tr '\\n' ' '; echo")  # compressed against history
+        rig.wait("a", r"1299 1300(.|\n)*1299 1300")
+        assert rig.shell_pid("a", "after") == pid
+        log = rig.server_log()
+        assert "resumed: shell" in log and "compression level" in log, log
+    finally:
+        relay.close()
