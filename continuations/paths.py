@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 STATE_ENV = "CONTINUATIONS_STATE_DIR"
@@ -32,6 +31,8 @@ def runtime_dir() -> Path:
     elif os.environ.get("XDG_RUNTIME_DIR"):
         path = Path(os.environ["XDG_RUNTIME_DIR"]) / "continuations"
     else:
+        import tempfile  # rarely needed; launchers that import this module start faster
+
         path = Path(tempfile.gettempdir()) / f"continuations-{os.getuid()}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
@@ -40,6 +41,8 @@ def runtime_dir() -> Path:
 def private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, readable by the owner only (0600)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o600)

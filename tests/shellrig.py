@@ -189,6 +189,9 @@ class ShellRig:
         self.tmux("kill-server", check=False)
         with contextlib.suppress(OSError):  # contsh in a terminal forks from it
             forkserver.stop(self.tmp / "client-run")
+        # One may still be starting (the first contsh starts it in the background).
+        subprocess.run(["pkill", "-f", str(self.tmp / "client-run")], check=False,
+                       timeout=10)
         for proc in self.pipes:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
 import os
 import shlex
 import sys
@@ -66,6 +65,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         except (ContinuationError, OSError):
             pass  # no resumer to be had: run here
     import asyncio
+    import logging
 
     from apps.contsh import client
     from continuations.tunnel import Forward
@@ -154,6 +154,8 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-forwarding", action="store_true", help="refuse -L forwards")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    import logging
+
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s contshd %(message)s")
     options = server.ServerOptions(host=args.host, port=args.port,

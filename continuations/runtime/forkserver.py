@@ -14,6 +14,7 @@ interpreter, so an upgraded install never runs stale code.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
@@ -21,7 +22,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +38,9 @@ MAX_REQUEST = 64 * 1024
 def socket_path() -> Path:
     from continuations import __version__
 
-    tag = hashlib.sha256(f"{__version__}:{sys.executable}".encode()).hexdigest()[:12]
+    # The installation, not the name it was started by: python, python3 and python3.11
+    # of one venv share one resumer.
+    tag = hashlib.sha256(f"{__version__}:{sys.prefix}:{sys.version}".encode()).hexdigest()[:12]
     return runtime_dir() / f"resumer-{tag}.sock"
 
 
@@ -141,6 +143,13 @@ def _check(request: Any, fds: list[int]) -> None:
 def serve_forever(path: Path) -> None:
     # Paid once here, not by every forked child: that is the point of the resumer.
     importlib.import_module("continuations.runtime.launch")
+    # Two clients that found no resumer may start two: the second must not take the
+    # first one's socket away (it would be orphaned until it idles out).
+    lock = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -160,8 +169,9 @@ def serve_forever(path: Path) -> None:
             with conn, contextlib.suppress(OSError):
                 _handle(conn, listener)
     finally:
+        path.unlink(missing_ok=True)  # while still holding the lock: never another's
         listener.close()
-        path.unlink(missing_ok=True)
+        os.close(lock)
 
 
 def _ask(path: Path, request: dict[str, Any]) -> int:
@@ -197,17 +207,15 @@ def run_attached(entry: str, argv: list[str], *, preload: tuple[str, ...] = ()) 
     request = {"op": "run", "entry": entry, "argv": argv, "env": dict(os.environ),
                "cwd": os.getcwd(), "preload": list(preload)}
     data = json.dumps(request).encode() + b"\n"
-    for attempt in range(2):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-            if attempt:
-                raise ContinuationError("the resumer is not running") from None
-            ensure_running()
-            continue
-        break
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        # Waiting for a cold start would make this run slower than running it in the
+        # caller: start one for next time, and let the caller go ahead by itself.
+        _start(path)
+        raise ContinuationError("no resumer was running (one is starting)") from None
     with sock:
         sock.settimeout(10)
         socket.send_fds(sock, [data], [0, 1, 2])
@@ -244,6 +252,16 @@ def stop(runtime: Path | None = None) -> bool:
     return True
 
 
+def _start(path: Path) -> None:
+    import subprocess  # only when starting one: the attached launcher stays light
+
+    subprocess.Popen(
+        [sys.executable, "-m", "continuations.runtime.forkserver", str(path)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def ensure_running() -> int:
     """Start the resumer unless it runs; return its pid."""
     return fork_resume({"op": "ping"})
@@ -258,11 +276,7 @@ def fork_resume(request: dict[str, Any]) -> int:
         return _ask(path, request)
     except (FileNotFoundError, ConnectionRefusedError):
         pass
-    subprocess.Popen(
-        [sys.executable, "-m", "continuations.runtime.forkserver", str(path)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    _start(path)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         try:
