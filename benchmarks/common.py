@@ -11,6 +11,7 @@ import ctypes
 import math
 import os
 import queue
+import resource
 import signal
 import statistics
 import subprocess
@@ -34,13 +35,34 @@ class Options:
         return max(1, self.trials) if self.trials is not None else (quick if self.quick else full)
 
 
+Figure = float | str  # a measured number, or unavailable("why")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One timed run: wall seconds, and CPU seconds (user + system) on each side."""
+
+    seconds: float
+    client_cpu: float  # the sender / client process(es)
+    server_cpu: float  # the receiver / server process(es)
+
+
 @dataclass
 class Outcome:
-    """What one benchmark hands back: a markdown section and JSON-able data."""
+    """What one benchmark hands back: a markdown section and JSON-able data.
+
+    ``figures`` are the headline numbers under stable flat keys (``run.py`` files
+    them as ``NAME.key`` in ``latest.json``'s ``figures``; the plots and the smoke
+    test read them there), each a number or ``unavailable(reason)``, never absent.
+    ``summary`` rows (figure, ours, baseline measured in the same run, ratio) make
+    the report's summary table.
+    """
 
     markdown: str
     data: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    summary: list[list[str]] = field(default_factory=list)
 
 
 def unavailable(reason: str) -> str:
@@ -71,6 +93,12 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time this process (all its threads) has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- processes ----------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 authorizes the client key for the current user, and runs ``sshd -D`` on a free
 loopback port; ``ssh_argv()`` is a stock ``ssh`` command line that logs in
 with that key and ignores the user's own configuration and known hosts.
-``close()`` stops sshd and every session it forked. Used by throughput.py,
-tunnel.py and tests/test_tunnel*.py.
+``close()`` stops sshd and every session it forked. ``measured(...)`` runs one
+ssh command and reports its wall time and CPU time on both sides. Used by
+throughput.py, suspend_resume.py, tunnel.py and tests/test_tunnel*.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -22,13 +24,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from common import spawn, stop
+from common import Measured, spawn, stop
 
 __all__ = ["DEFAULT_CIPHER", "MISSING", "Sshd", "private_sshd"]
 
 DEFAULT_CIPHER = "chacha20-poly1305@openssh.com"
 MISSING = "sshd not installed (apt-get install openssh-server)"
 SSH_TIMEOUT = 300.0
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 class Sshd:
@@ -137,13 +140,56 @@ class Sshd:
     def timed_cat(self, cipher: str, path: Path | None,
                   proxy_command: str | None = None) -> float:
         """Seconds for ``ssh ... 'cat > /dev/null' < path`` (empty input if path is None)."""
+        return self.measured(cipher, "cat > /dev/null", path, proxy_command).seconds
+
+    def measured(self, cipher: str | None, command: str, path: Path | None = None,
+                 proxy_command: str | None = None) -> Measured:
+        """Run ``ssh ... command < path`` (empty input if None): wall time and CPU
+        (client: the ssh process; server: sshd's per-connection processes and the
+        remote command).
+
+        The client's CPU is our RUSAGE_CHILDREN delta: ssh is the only child reaped
+        meanwhile (the suite runs one thing at a time). The server's is the growth of
+        the listening sshd's cutime + cstime (/proc), which the kernel adds when sshd
+        reaps a connection's process, whose own total includes what it reaped (the
+        privilege-separated child, the shell, the command): so it is counted once
+        the connection's processes are gone. Clock ticks: 10 ms resolution.
+        """
+        before_server = self._reaped_cpu()
+        before_client = resource.getrusage(resource.RUSAGE_CHILDREN)
         with open(path if path is not None else os.devnull, "rb") as src:
             start = time.perf_counter()
-            done = self.ssh(cipher, "cat > /dev/null", src, proxy_command)
+            done = subprocess.run([*self.ssh_argv(cipher=cipher, proxy_command=proxy_command),
+                                   command], stdin=src, capture_output=True, text=True,
+                                  timeout=SSH_TIMEOUT)
             elapsed = time.perf_counter() - start
+        after_client = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:
-            raise RuntimeError(f"ssh ({cipher}) failed: {done.stderr.strip()}")
-        return elapsed
+            raise RuntimeError(f"ssh ({cipher or 'default cipher'}) {command!r} failed: "
+                               f"{done.stderr.strip()}")
+        self._wait_reaped()
+        return Measured(
+            seconds=elapsed,
+            client_cpu=(after_client.ru_utime - before_client.ru_utime
+                        + after_client.ru_stime - before_client.ru_stime),
+            server_cpu=self._reaped_cpu() - before_server,
+        )
+
+    def _reaped_cpu(self) -> float:
+        """CPU seconds of every process the listening sshd has reaped (cutime + cstime)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / _TICK
+
+    def _wait_reaped(self, timeout: float = 10.0) -> None:
+        """Until the listening sshd has no child left, not even a zombie."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while _children(self.proc.pid, zombies=True):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd's connection processes still there after "
+                                   f"{timeout:.0f} s")
+            time.sleep(0.005)
 
     def close(self) -> None:
         """Stop sshd, after its per-connection children (they are in their own sessions).
@@ -165,13 +211,13 @@ class Sshd:
         self.proc = None
 
 
-def _children(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (Linux /proc); zombies excluded."""
+def _children(pid: int, zombies: bool = False) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc); zombies only if asked."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
+            if int(fields[1]) == pid and (zombies or fields[0] != "Z"):
                 found.append(int(stat.parent.name))
     return found
 

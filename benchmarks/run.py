@@ -2,12 +2,13 @@
 
     python benchmarks/run.py [--quick] [--only NAME ...] [--trials N] [--out DIR]
 
-Runs each benchmark, prints one markdown report (tables plus machine info) and
-writes it to ``DIR/latest.md``, with every figure in ``DIR/latest.json``.
-``--quick`` takes under ~2 minutes, the full run under ~10. Figures are medians
-of several runs and ratios against baselines measured in the same run: the
-machine is shared and noisy, so absolute numbers move and ratios are what to
-compare across runs.
+Runs each benchmark, prints one markdown report (a summary table, each
+benchmark's tables, machine info) and writes it to ``DIR/latest.md``, with
+every figure and raw sample in ``DIR/latest.json`` and PNG plots next to them
+(plots.py; matplotlib). ``--quick`` takes about 2.5 minutes here, the full run
+about 7 (bound: 10). Figures are medians of several runs and ratios against baselines measured
+in the same run: the machine is shared and noisy, so absolute numbers move and
+ratios are what to compare across runs.
 """
 
 from __future__ import annotations
@@ -31,14 +32,18 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import memory
+import netlink
+import plots
 import reattach
+import shell
 import suspend_resume
 import throughput
 import tunnel
-from common import ROOT, Options, Outcome
+from common import ROOT, Options, Outcome, table, unavailable
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, reattach, suspend_resume, tunnel)
+    m.NAME: m for m in (throughput, reattach, suspend_resume, memory, tunnel, netlink, shell)
 }
 
 
@@ -83,11 +88,26 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+SUMMARY_HEADER = ["figure", "ours", "baseline (same run)", "ratio"]
+
+
 def report(mode: str, machine: dict[str, Any], sections: dict[str, tuple[str, str]],
-           seconds: float) -> str:
+           seconds: float, summary: list[list[str]], images: dict[str, list[str]],
+           plots_note: str) -> str:
     lines = [f"## Benchmark results ({mode} mode)", ""]
-    for title, body in sections.values():
+    if summary:
+        lines += ["### Summary", "",
+                  "Medians; every baseline was measured in the same run, interleaved with "
+                  "ours. Ratios are ours / baseline.", "",
+                  table(SUMMARY_HEADER, summary), ""]
+    lines += [f"![summary]({name})" for name in images.get("summary", [])]
+    if plots_note:
+        lines += [f"Plots: {plots_note}"]
+    lines += [""] if images.get("summary") or plots_note else []
+    for name, (title, body) in sections.items():
         lines += [f"### {title}", "", body, ""]
+        lines += [f"![{name}]({image})" for image in images.get(name, [])]
+        lines += [""] if images.get(name) else []
     lines += [
         "### Machine",
         "",
@@ -135,6 +155,8 @@ def _run(args: argparse.Namespace) -> int:
     machine = machine_info()
     started = time.monotonic()
     results: dict[str, Any] = {}
+    figures: dict[str, Any] = {}
+    summary: list[list[str]] = []
     sections: dict[str, tuple[str, str]] = {}
     failed = False
     with tempfile.TemporaryDirectory(prefix="continuations-bench-") as tmp:
@@ -153,19 +175,43 @@ def _run(args: argparse.Namespace) -> int:
                 error = f"error: {type(exc).__name__}: {exc}"
                 results[name] = {"error": error}
                 sections[name] = (module.TITLE, error)
+                summary.append([module.TITLE, error, "", ""])
                 continue
             took = time.monotonic() - t0
             print(f"[{name}] done in {took:.0f} s", file=sys.stderr, flush=True)
             results[name] = {**outcome.data, "seconds": took}
-            sections[name] = (module.TITLE, outcome.markdown)
+            figures.update({f"{name}.{key}": value for key, value in outcome.figures.items()})
+            summary += outcome.summary
+            notes = "".join(f"\n- {note}" for note in outcome.notes)
+            sections[name] = (module.TITLE, outcome.markdown + ("\n" + notes if notes else ""))
     seconds = time.monotonic() - started
-    markdown = report(mode, machine, sections, seconds)
-    print(markdown)
     args.out.mkdir(parents=True, exist_ok=True)
-    document = {"mode": mode, "machine": machine, "seconds": seconds, "benchmarks": results}
+    document: dict[str, Any] = {
+        "mode": mode, "machine": machine, "seconds": seconds,
+        # The headline numbers, "benchmark.key" -> number or "unavailable: why".
+        "figures": figures,
+        "summary": [dict(zip(SUMMARY_HEADER, row, strict=True)) for row in summary],
+        "benchmarks": results,
+    }
+    images: dict[str, list[str]] = {}
+    plots_note = ""
+    try:
+        images = plots.render(document, args.out)
+    except plots.PlotsUnavailable as exc:
+        plots_note = unavailable(str(exc))
+    except Exception as exc:  # a broken plot must not lose the figures measured
+        failed = True
+        traceback.print_exc()
+        plots_note = f"error: {type(exc).__name__}: {exc}"
+    document["plots"] = plots_note or images
+    markdown = report(mode, machine, sections, seconds, summary, images, plots_note)
+    print(markdown)
     (args.out / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
     (args.out / "latest.md").write_text(markdown)
-    print(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}", file=sys.stderr)
+    pngs = sorted(name for files in images.values() for name in files)
+    print(f"wrote {args.out / 'latest.json'}, {args.out / 'latest.md'}"
+          + (f" and {', '.join(pngs)}" if pngs else
+             f"; plots: {plots_note or 'none for these benchmarks'}"), file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -33,6 +33,7 @@ if __package__ in (None, ""):
 
 from common import (
     ROOT,
+    Figure,
     MiB,
     Options,
     Outcome,
@@ -50,6 +51,17 @@ NAME = "tunnel"
 TITLE = "ssh through a resumable tunnel vs direct ssh (throughput, added latency)"
 
 MB = 1e6
+SUMMARY_LABEL = "ssh through a resumable tunnel: upload / download (raw), 64-byte round trip"
+# The keys of latest.json's figures, by measure (run()'s per-mode dict keys).
+_NAMES = {"setup_ms": "setup_ms", "upload_raw": "upload_raw_mb_per_s",
+          "upload_corrected": "upload_setup_corrected_mb_per_s",
+          "download_raw": "download_raw_mb_per_s",
+          "download_corrected": "download_setup_corrected_mb_per_s",
+          "rtt_median_ms": "round_trip_median_ms", "rtt_p90_ms": "round_trip_p90_ms"}
+FIGURES = (*(f"{mode}_{name}" for mode in ("direct", "tunnel") for name in _NAMES.values()),
+           *(f"ratio_{name.removesuffix('_ms').removesuffix('_mb_per_s')}"
+             for name in _NAMES.values()),
+           "added_latency_ms", "added_setup_ms")
 LINE = 64  # bytes per latency probe, newline included
 TIMEOUT = 300.0
 
@@ -129,7 +141,10 @@ def run(options: Options) -> Outcome:
 
     with private_sshd(options.workdir) as (sshd, missing):
         if sshd is None:
-            return Outcome(markdown=unavailable(missing), data={"unavailable": missing})
+            why = unavailable(missing)
+            return Outcome(markdown=why, data={"unavailable": missing},
+                           figures=dict.fromkeys(FIGURES, why),
+                           summary=[[SUMMARY_LABEL, why, "", ""]])
         server, port = _tunnel_server(sshd, options.workdir)
         try:
             proxy = shlex.join([sys.executable, "-m", "continuations", "tunnel", "127.0.0.1",
@@ -160,7 +175,7 @@ def run(options: Options) -> Outcome:
 
     data: dict[str, Any] = {"bytes": size, "runs": runs, "cipher": DEFAULT_CIPHER,
                             "openssh": version, "unit": "MB/s (10^6 bytes per second)"}
-    figures: dict[str, dict[str, float]] = {}
+    figures_by_mode: dict[str, dict[str, float]] = {}
     for mode in argv:
         setup = median(seconds[mode]["setup"])
         entry: dict[str, Any] = {m: _stats(seconds[mode][m]) for m in measures}
@@ -176,8 +191,8 @@ def run(options: Options) -> Outcome:
         entry["round_trip"] = {"samples": len(rtts[mode]), "median_ms": fig["rtt_median_ms"],
                                "p90_ms": fig["rtt_p90_ms"]}
         data[mode] = entry
-        figures[mode] = fig
-    direct, tunnel = figures["direct"], figures["tunnel"]
+        figures_by_mode[mode] = fig
+    direct, tunnel = figures_by_mode["direct"], figures_by_mode["tunnel"]
     data["added_latency_ms"] = {
         "median": tunnel["rtt_median_ms"] - direct["rtt_median_ms"],
         "p90": tunnel["rtt_p90_ms"] - direct["rtt_p90_ms"],
@@ -209,4 +224,24 @@ def run(options: Options) -> Outcome:
         + f"\n\nAdded latency: {added['median']:+.3f} ms median, {added['p90']:+.3f} ms p90 "
         f"per round trip; {added['setup']:+.0f} ms to set up a connection."
     )
-    return Outcome(markdown=markdown, data=data)
+    figures: dict[str, Figure] = {
+        f"{mode}_{_NAMES[key]}": value for mode, fig in figures_by_mode.items()
+        for key, value in fig.items()
+    }
+    figures.update({
+        f"ratio_{_NAMES[key].removesuffix('_ms').removesuffix('_mb_per_s')}":
+            data["ratios"][f"tunnel/direct {key}"] for key in direct})
+    figures["added_latency_ms"] = added["median"]
+    figures["added_setup_ms"] = added["setup"]
+    assert set(figures) == set(FIGURES), set(figures) ^ set(FIGURES)
+    summary = [[
+        SUMMARY_LABEL,
+        f"{tunnel['upload_raw']:.0f} / {tunnel['download_raw']:.0f} MB/s, "
+        f"round trip {tunnel['rtt_median_ms']:.2f} ms",
+        f"direct ssh {direct['upload_raw']:.0f} / {direct['download_raw']:.0f} MB/s, "
+        f"round trip {direct['rtt_median_ms']:.2f} ms",
+        f"{tunnel['upload_raw'] / direct['upload_raw']:.2f}x / "
+        f"{tunnel['download_raw'] / direct['download_raw']:.2f}x; "
+        f"+{added['median']:.2f} ms",
+    ]]
+    return Outcome(markdown=markdown, data=data, figures=figures, summary=summary)
