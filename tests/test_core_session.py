@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -209,6 +210,25 @@ def test_idle_healthy_link_stays_up() -> None:
     assert not net.events_of("client", LinkFailed)
     assert not wire.closed
     assert net.client.session.state is SessionState.ESTABLISHED
+
+
+def test_an_idle_session_costs_one_ping_and_one_pong_per_interval() -> None:
+    """The client keeps an idle link alive; the server only answers, unless the
+    client's PINGs stop (then it pings, so its own dead-path detection holds)."""
+    net, _ = established(seed=61)
+    client_link = net.client.session.active
+    server_link = net.server_session().active
+    c0, s0 = client_link.ping_id, server_link.ping_id
+    net.advance(10.0)
+    interval = SessionConfig().keepalive_interval
+    assert client_link.ping_id - c0 >= 10.0 / (interval + STEP) - 2
+    assert server_link.ping_id - s0 <= 1  # at most the confirmation ping
+    # A client that stops pinging (here: its keepalive pushed far out) is pinged.
+    net.client.session.config = replace(SessionConfig(), keepalive_interval=1.9)
+    s1 = server_link.ping_id
+    net.advance(1.5)
+    assert server_link.ping_id - s1 >= 2
+    assert not net.events_of("server", Disconnected)
 
 
 # --- cut, re-attach, exactly-once ------------------------------------------------------------

@@ -14,9 +14,11 @@ class SessionConfig:
 
     Dead-path detection: a link on which nothing authenticated has arrived for
     ``clamp(keepalive_interval + 3 * RTO, min_dead_timeout, dead_timeout)`` is
-    declared dead. Both sides send a PING after ``keepalive_interval`` without
-    sending, and answer each PING at once, so on a healthy path something arrives
-    at least every ``keepalive_interval + RTT``.
+    declared dead. The client sends a PING after ``keepalive_interval`` without
+    sending; each side answers each PING at once; the server sends PINGs of its
+    own only while the client's have stopped for 1.5 intervals (an idle session
+    then costs one PING and one PONG per interval). On a healthy path something
+    arrives at least every ``keepalive_interval + RTT``.
     """
 
     keepalive_interval: float = 0.25

@@ -55,6 +55,7 @@ class Link:
     writable: bool = True
     last_received: float = 0.0
     last_sent: float = 0.0
+    last_peer_ping: float = float("-inf")  # when the peer's latest keepalive arrived
     answered_at: float = 0.0  # when our hello/accept/request left, for an RTT sample
     ping_id: int = 0
     pings: dict[int, float] = field(default_factory=dict)  # outstanding ping id -> sent at

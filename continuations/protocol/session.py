@@ -423,6 +423,7 @@ class Session:
                 self._on_ack_frame(frame, now)
             elif isinstance(frame, PingFrame):
                 link.pong_due.append(frame.ping_id)
+                link.last_peer_ping = now
             elif isinstance(frame, PongFrame):
                 sent_at = link.pings.pop(frame.ping_id, None)
                 if sent_at is not None:
@@ -506,7 +507,7 @@ class Session:
         if sealer is None or link.closed:
             return 0
         parts: list[bytes | memoryview] = []
-        if link.needs_confirm or now - link.last_sent >= self.config.keepalive_interval:
+        if link.needs_confirm or now >= self._keepalive_due(link):
             link.needs_confirm = False
             parts.append(encode_ping(link.next_ping(now)))
         parts.extend(encode_pong(ping_id) for ping_id in link.pong_due)
@@ -587,6 +588,20 @@ class Session:
 
     # --- time -----------------------------------------------------------------------------
 
+    def _keepalive_due(self, link: Link) -> float:
+        """When ``link`` needs a PING from us to keep traffic flowing both ways.
+
+        The client keeps an idle link alive; the server only answers. While the
+        client's PINGs arrive, the server's PONGs are traffic enough for the client
+        and the PINGs for the server, so the server sends none of its own: half the
+        records an idle session costs (a server holds many idle sessions). Should the
+        client's PINGs stop, the server falls back to its own after 1.5 intervals, so
+        its dead-path detection never depends on the peer's good behaviour."""
+        due = link.last_sent + self.config.keepalive_interval
+        if self.role is Role.SERVER:
+            due = max(due, link.last_peer_ping + 1.5 * self.config.keepalive_interval)
+        return due
+
     def _links(self) -> list[Link]:
         return [x for x in (self.active, self.pending) if x is not None and not x.closed]
 
@@ -597,7 +612,7 @@ class Session:
         dead_after = self.config.dead_after(self.rtt.rto)
         for link in self._links():
             if link.sealer is not None:
-                deadlines.append(link.last_sent + self.config.keepalive_interval)
+                deadlines.append(self._keepalive_due(link))
                 deadlines.append(link.last_received + dead_after)
                 if self.role is Role.CLIENT and not link.rekey_asked:
                     deadlines.append(link.keyed_at + self.config.rekey_after_seconds)
