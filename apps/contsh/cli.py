@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from continuations.errors import ContinuationError, ContinuationsError
-from continuations.paths import state_dir
 
 if TYPE_CHECKING:
     from apps.contsh.client import Login
@@ -65,16 +64,11 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         except (ContinuationError, OSError):
             pass  # no resumer to be had: run here
     import asyncio
-    import logging
 
     from apps.contsh import client
     from continuations.tunnel import Forward
 
-    logs = state_dir() / "logs"
-    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # The terminal belongs to the shell: the client logs to a file.
-    logging.basicConfig(filename=logs / "contsh.log", level=logging.INFO,
-                        format="%(asctime)s %(process)d %(name)s %(message)s")
+    client.log_to_file()
     try:
         for spec in args.forward:
             Forward.parse(spec)

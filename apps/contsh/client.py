@@ -51,6 +51,7 @@ from continuations.errors import (
     ProtocolError,
     SessionError,
 )
+from continuations.paths import state_dir
 from continuations.protocol import Disconnected, Event, Reattached, SessionLost
 from continuations.protocol.wire import RejectCode
 from continuations.runtime import Continuation, NetworkConditions, Runtime, SessionContext
@@ -296,6 +297,15 @@ class Client:
                 "escape_line_start": self.escapes.at_line_start, "forwards": forwards}
 
 
+def log_to_file() -> None:
+    """The terminal belongs to the shell: the client logs to $STATE/logs/contsh.log
+    (also when resumed by ``continuations resume --foreground``, which logs to stderr)."""
+    logs = state_dir() / "logs"
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    logging.basicConfig(filename=logs / "contsh.log", level=logging.INFO, force=True,
+                        format="%(asctime)s %(process)d %(name)s %(message)s")
+
+
 def _write_out(data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -316,19 +326,18 @@ async def suspend_client(ctx: SessionContext) -> Continuation:
     return Continuation(resume_client, await client.pause())
 
 
-EXIT_CODES: dict[str, int] = {}  # a resumed client's exit status, by session id
-
-
 async def resume_client(state: dict[str, Any], conditions: NetworkConditions,
-                        ctx: SessionContext) -> None:
-    """The continuation: the same session, in a new process, on this terminal."""
+                        ctx: SessionContext) -> int:
+    """The continuation: the same session, in a new process, on this terminal; the
+    result is the exit status (the shell's, as for a login)."""
     if not os.isatty(STDIN):
         # Resumed without a terminal (the resumer): the user cannot type. Put it back.
         print(f"contsh: session {ctx.session_id[:8]} needs a terminal; resume it with "
               f"contsh --resume {ctx.session_id[:8]}", file=sys.stderr)
         Client.live.pop(ctx.session_id, None)
         await _resuspend(ctx, state)
-        return
+        return 0
+    log_to_file()
     session = ctx.session
     saved = ctx.runtime.store.attributes(ctx.session_id, "compression").get("state") or {}
     decoder = OutputDecoder(int(saved.get("level", 0)), bytes(saved.get("history", b"")))
@@ -346,7 +355,7 @@ async def resume_client(state: dict[str, Any], conditions: NetworkConditions,
     if conditions.rtt is not None:
         log.info("resumed after %.1f s offline, rtt %.1f ms", conditions.offline,
                  conditions.rtt * 1000)
-    EXIT_CODES[ctx.session_id] = await client.run()
+    return await client.run()
 
 
 async def _resuspend(ctx: SessionContext, state: dict[str, Any]) -> None:
@@ -470,8 +479,8 @@ async def resume(runtime: Runtime, record_id: str, local_host: str | None) -> in
             # The server forgot the session (it crashed meanwhile); its shell may live on.
             _say(f"contsh: the server lost session {record.id[:8]}; taking its shell over")
         else:
-            await task
-            return EXIT_CODES.pop(record.id, 0)
+            status = await task
+            return status if isinstance(status, int) else 0
     elif record.pid is not None and record.pid != os.getpid() and _alive(record.pid):
         raise ContinuationError(f"session {record.id[:8]} is live in process {record.pid}; "
                                 "suspend it there with ~^Z first")

@@ -19,7 +19,7 @@ from continuations.runtime.conditions import NetworkConditions
 if TYPE_CHECKING:
     from continuations.runtime.context import SessionContext
 
-ContinuationFn = Callable[[Any, NetworkConditions, "SessionContext"], Awaitable[None] | None]
+ContinuationFn = Callable[[Any, NetworkConditions, "SessionContext"], Awaitable[Any] | Any]
 
 
 class _Block:
@@ -53,12 +53,15 @@ class Continuation:
     name: str = ""
     children: list[Continuation] = field(default_factory=list)
 
-    async def invoke(self, conditions: NetworkConditions, ctx: SessionContext) -> None:
+    async def invoke(self, conditions: NetworkConditions, ctx: SessionContext) -> Any:
+        """Run this continuation, then its children; the result is this one's (an
+        ``int`` from the root becomes the exit status of a process that resumes it)."""
         result = self.fn(self.state, conditions, ctx)
         if inspect.isawaitable(result):
-            await result
+            result = await result
         for child in self.children:
             await child.invoke(conditions, ctx)
+        return result
 
     def tree(self) -> dict[str, Any]:
         """A JSON-able outline for ``continuations show``."""

@@ -17,7 +17,9 @@ from continuations.runtime.runtime import Runtime
 from continuations.store import Store
 
 
-async def run(session_id: str, store_path: str | None, local_host: str | None) -> None:
+async def run(session_id: str, store_path: str | None, local_host: str | None) -> int:
+    """Resume and run the session here; the exit status is the continuation's result
+    if it is an int (contsh returns its shell's), else 0."""
     store = Store(store_path)
     record = store.get_session(session_id)
     runtime = Runtime(record.app, store)
@@ -25,10 +27,11 @@ async def run(session_id: str, store_path: str | None, local_host: str | None) -
     try:
         _, task = await runtime.resume(session_id, local_host=local_host)
         print(f"resumed {session_id} in pid {os.getpid()}", flush=True)
-        await task  # the application's own work, from where it left off
+        result = await task  # the application's own work, from where it left off
         await runtime.wait_idle()
     finally:
         runtime.close()
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,11 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        asyncio.run(run(args.session_id, args.store, args.local_host))
+        return asyncio.run(run(args.session_id, args.store, args.local_host))
     except ContinuationsError as exc:
         print(f"continuations: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -377,10 +377,11 @@ class Runtime:
 
     async def resume(
         self, session_id: str, *, local_host: str | None = None, timeout: float = 30.0
-    ) -> tuple[SessionContext, asyncio.Task[None]]:
+    ) -> tuple[SessionContext, asyncio.Task[Any]]:
         """Resume a suspended client session in this process.
 
-        Returns the context and the task running the continuation."""
+        Returns the context and the task running the continuation (its result is
+        the continuation's)."""
         record = self._claim(session_id)
         try:
             if record.role != "client":
@@ -404,7 +405,7 @@ class Runtime:
 
     async def resume_server_session(
         self, server: Server, session_id: str
-    ) -> tuple[SessionContext, asyncio.Task[None]]:
+    ) -> tuple[SessionContext, asyncio.Task[Any]]:
         """Take a suspended server session into ``server``; the continuation runs once
         the client has re-attached (it is measured on the new attachment)."""
         record = self._claim(session_id)
@@ -463,7 +464,7 @@ class Runtime:
 
     def _start(
         self, ctx: SessionContext, record: SessionRecord, tree: Continuation
-    ) -> asyncio.Task[None]:
+    ) -> asyncio.Task[Any]:
         self.store.update_session(
             ctx.session_id, state="established" if ctx.session.path[0] else "disconnected",
             pid=os.getpid(), control_socket=self.control_path, updated=time.time(),
@@ -471,10 +472,10 @@ class Runtime:
         )
         self._adopt(ctx)
 
-        async def run() -> None:
+        async def run() -> Any:
             await ctx.session.wait_attached()
             conditions = self.measure(ctx, record)
-            await tree.invoke(conditions, ctx)
+            return await tree.invoke(conditions, ctx)
 
         task = asyncio.ensure_future(run())
         self._tasks.add(task)
