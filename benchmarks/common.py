@@ -15,8 +15,9 @@ import resource
 import signal
 import statistics
 import subprocess
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -169,3 +170,15 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     if line is None:
         raise RuntimeError(f"{proc.args!r} exited early (rc={proc.wait(5)})")
     return line.strip()
+
+
+def standalone(run: Callable[[Options], Outcome]) -> None:
+    """``python benchmarks/NAME.py [--quick]``: one benchmark on its own, its report on
+    stdout (``run.py --only NAME`` does the same and writes the results files)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = run(Options(quick="--quick" in sys.argv, trials=None, workdir=Path(tmp)))
+    print(outcome.markdown)
+    for note in outcome.notes:
+        print("-", note)

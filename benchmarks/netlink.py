@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -44,8 +43,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Figure, Options, Outcome, median, read_line, spawn, stop, table, unavailable
+from reattach import stream_forever  # the same 16 KiB every 5 ms
 
-from continuations.aio import ClientSession, ServerSession, SessionStream, connect, serve
+from continuations.aio import ClientSession, SessionStream, connect, serve
 from continuations.demo import netns
 from continuations.netwatch import Migration, NetWatcher, NetworkFollower
 from continuations.protocol import Disconnected, Event, Reattached
@@ -55,8 +55,6 @@ NAME = "netlink"
 TITLE = "Migration on rtnetlink notifications (network namespaces, wifi and cellular links)"
 
 RTT = 0.050
-BLOCK = 16 * 1024
-INTERVAL = 0.005
 SETTLE = 0.5
 WAIT = 20.0
 PREFER = [link.name for link in netns.LINKS]
@@ -77,15 +75,6 @@ def _emit(ev: str, **fields: Any) -> None:
     print(json.dumps({"ev": ev, "t": time.monotonic(), **fields}), flush=True)
 
 
-async def _stream_forever(session: ServerSession) -> None:
-    stream = await session.accept_stream()
-    await stream.readexactly(2)
-    block = os.urandom(BLOCK)
-    while True:
-        stream.write(block)
-        await stream.drain()
-        await asyncio.sleep(INTERVAL)
-
 
 async def _until_terminated() -> None:
     stopped = asyncio.Event()
@@ -96,7 +85,7 @@ async def _until_terminated() -> None:
 
 
 async def server_worker(rtt: float, workdir: Path) -> None:
-    server = await serve(_stream_forever, "127.0.0.1", 0, host_key=workdir / "host_key")
+    server = await serve(stream_forever, "127.0.0.1", 0, host_key=workdir / "host_key")
     relay = ImpairmentRelay(target=server.address, listen_host=netns.SERVICE, delay=rtt / 2)
     await relay.start()
     try:

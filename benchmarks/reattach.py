@@ -52,7 +52,7 @@ DEAD_BOUND = SessionConfig().dead_timeout
 SETTLE = 0.2  # seconds of steady flow between trials
 
 
-async def _stream_forever(session: ServerSession) -> None:
+async def stream_forever(session: ServerSession) -> None:
     """The server's side: 16 KiB every 5 ms until the session ends."""
     stream = await session.accept_stream()
     await stream.readexactly(2)
@@ -215,7 +215,7 @@ async def measure(rtt: float, trials: int, workdir: Path) -> RttResult:
     result = RttResult(rtt, measured_rtt=await relay_rtt(rtt / 2))
     loop = asyncio.get_running_loop()
     timeout = 10.0 + 20 * rtt
-    server = await serve(_stream_forever, host_key=workdir / "host_key", config=config)
+    server = await serve(stream_forever, host_key=workdir / "host_key", config=config)
     relay = ImpairmentRelay(target=server.address, delay=rtt / 2)
     reader: asyncio.Task[None] | None = None
     client: ClientSession | None = None

@@ -57,6 +57,7 @@ from common import (
     die_with_parent,
     median,
     percentile,
+    standalone,
     stop,
     table,
     unavailable,
@@ -813,10 +814,4 @@ def _outcome(data: dict[str, Any], startup: dict[str, list[float]], no_resumer: 
 
 
 if __name__ == "__main__":
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        outcome = run(Options(quick="--quick" in sys.argv, trials=None, workdir=Path(tmp)))
-    print(outcome.markdown)
-    for note in outcome.notes:
-        print("-", note)
+    standalone(run)

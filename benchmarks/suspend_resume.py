@@ -34,7 +34,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Figure, Options, Outcome, median, table, unavailable
+from common import Figure, Options, Outcome, median, standalone, table, unavailable
 from openssh import Sshd, private_sshd
 
 from continuations.aio import ServerSession, connect, serve
@@ -305,10 +305,4 @@ def run(options: Options) -> Outcome:
 
 
 if __name__ == "__main__":
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        outcome = run(Options(quick="--quick" in sys.argv, trials=None, workdir=Path(tmp)))
-    print(outcome.markdown)
-    for note in outcome.notes:
-        print("-", note)
+    standalone(run)

@@ -7,7 +7,6 @@ through their owning process's control socket.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,22 +17,12 @@ from continuations.errors import ContinuationError, ContinuationsError, NotFound
 from continuations.paths import state_dir
 from continuations.runtime.control import request
 from continuations.runtime.forkserver import fork_resume
+from continuations.runtime.resources import pid_alive
 from continuations.store import SessionRecord, Store, ValueKind
 
 LIVE = ("established", "disconnected", "resuming")
 RESUME_WAIT = 30.0
 
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def find(store: Store, prefix: str) -> SessionRecord:
@@ -75,7 +64,7 @@ def cmd_list(store: Store, as_json: bool) -> int:
         return 0
     print(f"{'ID':<34}{'APP':<14}{'ROLE':<8}{'STATE':<14}{'PEER':<24}{'PID':<8}{'UPDATED':<8}")
     for r in rows:
-        state = r.state if r.state not in LIVE or _alive(r.pid) else f"{r.state}?"
+        state = r.state if r.state not in LIVE or pid_alive(r.pid) else f"{r.state}?"
         print(f"{r.id:<34}{r.app[:13]:<14}{r.role:<8}{state:<14}{r.peer[:23]:<24}"
               f"{r.pid or '-'!s:<8}{_age(now - r.updated) + ' ago':<8}")
     return 0
@@ -98,7 +87,7 @@ def cmd_show(store: Store, prefix: str, as_json: bool) -> int:
         info["continuation"] = {"tree": cont.tree, "bytes": cont.size}
         info["protocol_state_bytes"] = len(store.load_protocol_state(record.id))
         info["resources"] = store.load_resources(record.id)
-    elif record.control_socket and _alive(record.pid):
+    elif record.control_socket and pid_alive(record.pid):
         live = request(record.control_socket, {"op": "show", "session": record.id})
         live.pop("ok", None)
         info["live"] = live
@@ -118,7 +107,7 @@ def cmd_suspend(store: Store, prefix: str) -> int:
     record = find(store, prefix)
     if record.state == "suspended":
         raise ContinuationError(f"session {record.id} is already suspended")
-    if record.state not in LIVE or not record.control_socket or not _alive(record.pid):
+    if record.state not in LIVE or not record.control_socket or not pid_alive(record.pid):
         raise ContinuationError(
             f"session {record.id} is {record.state} and its owning process "
             f"({record.pid or 'none'}) is not running; nothing to suspend"
@@ -157,7 +146,7 @@ def cmd_resume(store: Store, prefix: str, local_host: str | None, foreground: bo
         if current.state in ("established", "disconnected") and current.pid == pid:
             print(f"resumed {record.id} in pid {pid} (log: {log_path})")
             return 0
-        if not _alive(pid):
+        if not pid_alive(pid):
             tail = Path(log_path).read_text(errors="replace").strip().splitlines()[-1:]
             raise ContinuationError(
                 f"resume of {record.id} failed: {tail[0] if tail else 'no output'} "
@@ -170,7 +159,7 @@ def cmd_resume(store: Store, prefix: str, local_host: str | None, foreground: bo
 
 def cmd_drop(store: Store, prefix: str) -> int:
     record = find(store, prefix)
-    if record.state in LIVE and record.control_socket and _alive(record.pid):
+    if record.state in LIVE and record.control_socket and pid_alive(record.pid):
         request(record.control_socket, {"op": "drop", "session": record.id})
     store.delete_session(record.id)
     print(f"dropped {record.id}")
@@ -181,7 +170,7 @@ def cmd_gc(store: Store) -> int:
     expired = store.expire_sessions(time.time())
     orphaned = []
     for record in store.list_sessions():
-        if record.state in LIVE and not _alive(record.pid):
+        if record.state in LIVE and not pid_alive(record.pid):
             store.delete_session(record.id)
             orphaned.append(record.id)
     print(f"removed {len(expired)} expired and {len(orphaned)} orphaned sessions "

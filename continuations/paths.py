@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 STATE_ENV = "CONTINUATIONS_STATE_DIR"
@@ -54,3 +55,19 @@ def private_file(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def private_unix_socket(path: Path) -> socket.socket:
+    """A Unix stream socket bound at ``path`` (a stale one there is replaced), born
+    0600: there is no moment at which another user could connect."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    return sock

@@ -4,7 +4,6 @@ passwords, the escape parser, the screen tracker, and the keeper (a real process
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -20,6 +19,7 @@ from apps.contsh.frames import HISTORY, FrameError, OutputDecoder, OutputEncoder
 from apps.contsh.keeper import KeeperClient, ensure_keeper
 from apps.contsh.terminal import HELP, QUIT, SUSPEND, EscapeParser, ScreenTracker
 from continuations.errors import AuthenticationError, ConfigError, ResourceError
+from shellrig import need
 
 TEXT = b"".join(b"%06d drwxr-xr-x  2 user user 4096 Nov 21 12:00 directory-%d\r\n" % (i, i % 97)
                 for i in range(3000))
@@ -106,8 +106,7 @@ def test_a_decompression_bomb_is_refused() -> None:
 
 
 def keygen(tmp: Path, kind: str, name: str, passphrase: str = "") -> Path:
-    if shutil.which("ssh-keygen") is None:
-        pytest.skip("ssh-keygen is not installed (Debian: openssh-client)")
+    need("ssh-keygen", "openssh-client")
     path = tmp / name
     extra = ["-b", "2048"] if kind == "rsa" else []
     subprocess.run(["ssh-keygen", "-q", "-t", kind, *extra, "-N", passphrase, "-C",

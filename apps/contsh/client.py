@@ -55,7 +55,7 @@ from continuations.paths import state_dir
 from continuations.protocol import Disconnected, Event, Reattached, SessionLost
 from continuations.protocol.wire import RejectCode
 from continuations.runtime import Continuation, NetworkConditions, Runtime, SessionContext
-from continuations.runtime.resources import ManagedListener, _alive
+from continuations.runtime.resources import ManagedListener, pid_alive
 from continuations.tunnel import Forward, Forwarder, SessionRelay
 
 log = logging.getLogger("contsh.client")
@@ -288,8 +288,7 @@ class Client:
         Client.live.pop(self.ctx.session_id, None)
         compression = self.ctx.runtime.store.attributes(self.ctx.session_id, "compression")
         compression.set("state", {"level": self.decoder.level, "history": self.decoder.history})
-        forwards = [s for s in self.session.stream_ids
-                    if s not in (self.control.stream_id, self.tty.stream_id)]
+        forwards = messages.forwarded_streams(self.session, self.control, self.tty)
         return {"login": asdict(self.login), "shell": self.shell_id,
                 "control": self.control.stream_id,
                 "tty": self.tty.stream_id, "partial": self.decoder.partial,
@@ -481,7 +480,7 @@ async def resume(runtime: Runtime, record_id: str, local_host: str | None) -> in
         else:
             status = await task
             return status if isinstance(status, int) else 0
-    elif record.pid is not None and record.pid != os.getpid() and _alive(record.pid):
+    elif record.pid is not None and record.pid != os.getpid() and pid_alive(record.pid):
         raise ContinuationError(f"session {record.id[:8]} is live in process {record.pid}; "
                                 "suspend it there with ~^Z first")
     else:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from continuations.errors import ResourceError
+from continuations.paths import private_unix_socket
 
 log = logging.getLogger("contsh.keeper")
 
@@ -241,14 +242,7 @@ class Keeper:
 
 def serve(path: Path, idle: float = IDLE_EXIT) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        listener.bind(str(path))
-    finally:
-        os.umask(old)
+    listener = private_unix_socket(path)
     listener.listen(16)
     keeper = Keeper(path, idle)
 

@@ -71,6 +71,13 @@ def window(message: Message) -> tuple[int, int]:
 _ending: set[asyncio.Task[None]] = set()
 
 
+def forwarded_streams(session: AsyncSession, control: SessionStream,
+                      tty: SessionStream) -> list[int]:
+    """The session's streams other than the control and terminal streams: forwarded
+    connections, which a suspension cuts (``end_streams`` finishes them on resume)."""
+    return [s for s in session.stream_ids if s not in (control.stream_id, tty.stream_id)]
+
+
 def end_streams(session: AsyncSession, stream_ids: list[int]) -> None:
     """End forwarded connections a suspension cut: their target (or local) sockets are
     gone, so send end-of-stream and drop whatever still arrives on them."""

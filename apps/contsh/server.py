@@ -481,8 +481,7 @@ async def suspend_shell(ctx: SessionContext) -> Continuation:
     compression.set("state", {"level": shell.encoder.level, "history": shell.encoder.history})
     if shell.exit_status is None:
         shell.write_status(f"suspended {time.time():.0f}")
-    forwards = [s for s in ctx.session.stream_ids if s not in (shell.control.stream_id,
-                                                               shell.tty.stream_id)]
+    forwards = messages.forwarded_streams(ctx.session, shell.control, shell.tty)
     shell.stop()
     return Continuation(resume_shell, {**shell.state(pending), "forwards": forwards})
 

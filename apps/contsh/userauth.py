@@ -61,8 +61,7 @@ def parse_public_key(text: str) -> PublicKey:
         key = serialization.load_ssh_public_key(text.encode())
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise AuthenticationError(f"not an OpenSSH public key: {exc}") from exc
-    if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
-                      | rsa.RSAPublicKey):
+    if not isinstance(key, PublicKey):
         raise AuthenticationError(f"unsupported key type {type(key).__name__}")
     return key
 
@@ -175,8 +174,7 @@ def load_private_key(path: Path, passphrase: Callable[[], str] | None = None) ->
             key = loader(data, passphrase().encode())
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"cannot load identity {path}: {exc}") from exc
-    if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
-                      | rsa.RSAPrivateKey):
+    if not isinstance(key, PrivateKey):
         raise ConfigError(f"identity {path}: unsupported key type {type(key).__name__}")
     return key
 

@@ -27,6 +27,7 @@ import subprocess
 from dataclasses import dataclass
 
 from continuations.errors import LocalError
+from continuations.runtime.resources import pid_alive
 
 PREFIX = "cdemo"
 _NAME = re.compile(rf"^{PREFIX}-(\d+)-(server|mobile)$")
@@ -75,22 +76,13 @@ def _namespaces() -> list[str]:
     return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def remove_stale() -> list[str]:
     """Delete namespaces left by an earlier demo that was killed (its pid is gone)."""
     removed = []
     for name in _namespaces():
         match = _NAME.match(name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
             with contextlib.suppress(LocalError):
                 _ip("netns", "del", name)
                 removed.append(name)

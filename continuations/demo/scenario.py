@@ -31,6 +31,7 @@ from continuations.demo.report import Report, StreamCheck, TimelineEvent, ms, rt
 from continuations.demo.server import DemoServer
 from continuations.demo.streams import make_file
 from continuations.errors import ContinuationError, SessionError
+from continuations.runtime.resources import pid_alive
 
 WAIT = 30.0  # bound on every wait for the client or the server to do something
 STATUS_INTERVAL = 0.25
@@ -69,7 +70,7 @@ class Processes:
 
     def current_alive(self) -> bool:
         if self.resumed:
-            return _alive(self.resumed[-1])
+            return pid_alive(self.resumed[-1])
         return self.first is not None and self.first.poll() is None
 
     def discover(self, work: Path) -> list[int]:
@@ -89,17 +90,17 @@ class Processes:
 
     def stop_all(self, extra: Sequence[int] = ()) -> None:
         """SIGTERM, then SIGKILL after a grace period; by pid, only ours."""
-        pids = [p for p in [*self.pids, *extra] if _alive(p)]
+        pids = [p for p in [*self.pids, *extra] if pid_alive(p)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
             if self.first is not None:
                 self.first.poll()  # reap our own child, or it stays "alive" as a zombie
             time.sleep(0.05)
         for pid in pids:
-            if _alive(pid):
+            if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         if self.first is not None:
@@ -116,15 +117,6 @@ def _ours(pid: int, work: Path) -> bool:
     except OSError:
         return False
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Scenario:
@@ -503,7 +495,7 @@ class Scenario:
                                     what="the end of both streams")
         pid = self.processes.resumed[-1] if self.processes.resumed else None
         for _ in range(int(WAIT / 0.05)):
-            if pid is None or not _alive(pid):
+            if pid is None or not pid_alive(pid):
                 break
             await asyncio.sleep(0.05)
         self._event(TimelineEvent(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from continuations.errors import ContinuationsError
-from continuations.paths import runtime_dir
+from continuations.paths import private_unix_socket, runtime_dir
 
 if TYPE_CHECKING:
     from continuations.runtime.runtime import Runtime
@@ -32,14 +32,9 @@ class ControlServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> Path:
-        self.path.unlink(missing_ok=True)
-        old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
-        try:
-            self._server = await asyncio.start_unix_server(
-                self._handle, path=str(self.path), limit=MAX_REQUEST
-            )
-        finally:
-            os.umask(old)
+        self._server = await asyncio.start_unix_server(
+            self._handle, sock=private_unix_socket(self.path), limit=MAX_REQUEST
+        )
         return self.path
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from continuations.errors import ContinuationError
-from continuations.paths import runtime_dir
+from continuations.paths import private_unix_socket, runtime_dir
 
 IDLE_EXIT = 600.0
 START_TIMEOUT = 30.0
@@ -151,13 +151,7 @@ def serve_forever(path: Path) -> None:
     except BlockingIOError:
         return
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    path.unlink(missing_ok=True)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        listener.bind(str(path))
-    finally:
-        os.umask(old)
+    listener = private_unix_socket(path)
     listener.listen(16)
     listener.settimeout(IDLE_EXIT)
     try:

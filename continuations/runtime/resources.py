@@ -199,7 +199,10 @@ def _start_time(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether ``pid`` is a running process (a zombie is not: it has exited)."""
+    if not pid:
+        return False
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
@@ -224,7 +227,7 @@ class ManagedProcess:
     def alive(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        return _alive(self.pid)
+        return pid_alive(self.pid)
 
     def notify(self, sig: signal.Signals) -> None:
         if not self.alive():
@@ -243,7 +246,7 @@ class ManagedProcess:
     @classmethod
     def reacquire(cls, record: Record) -> ManagedProcess:
         pid = record["pid"]
-        if not _alive(pid) or _start_time(pid) != record["started"]:
+        if not pid_alive(pid) or _start_time(pid) != record["started"]:
             raise ResourceError(f"child process {pid} ({record['args'][0]}) did not survive")
         child = cls(pid, record["args"], record["started"])
         child.notify(RESUME_SIGNAL)
